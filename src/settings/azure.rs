@@ -1,0 +1,259 @@
+//! The Entra ID app registration as configured: tenant, client ID, client secret, scopes.
+
+use std::{fmt, path::PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::SecretString;
+
+/// The Microsoft Entra tenant: a directory GUID or one of its verified domains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Parses a tenant as `GRAPH_MAILER_TENANT_ID` gives it.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        let lower = value.to_ascii_lowercase();
+        if ["common", "organizations", "consumers"].contains(&lower.as_str()) {
+            return Err(format!(
+                "GRAPH_MAILER_TENANT_ID is \"{value}\": a single-tenant app registration needs its \
+                 own tenant (Microsoft answers AADSTS50194 otherwise); use the \"Directory (tenant) \
+                 ID\" GUID from the app registration's overview page"
+            ));
+        }
+        if is_guid(value) || is_domain(value) {
+            Ok(Self(lower))
+        } else {
+            Err(format!(
+                "GRAPH_MAILER_TENANT_ID is \"{value}\", neither a GUID nor a domain; copy the \
+                 \"Directory (tenant) ID\" from the app registration's overview page"
+            ))
+        }
+    }
+
+    /// The tenant as it appears in URLs.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the tenant was given as its GUID (and so can be compared with a token's `tid`).
+    pub fn is_guid(&self) -> bool {
+        is_guid(&self.0)
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The app registration's "Application (client) ID".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId(String);
+
+impl ClientId {
+    /// Parses `GRAPH_MAILER_CLIENT_ID`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if is_guid(value) {
+            Ok(Self(value.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "GRAPH_MAILER_CLIENT_ID is \"{value}\", not a GUID; copy the \"Application \
+                 (client) ID\" from the app registration's overview page"
+            ))
+        }
+    }
+
+    /// The client ID.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the client secret comes from.
+#[derive(Debug, Clone)]
+pub enum ClientSecretSource {
+    /// `GRAPH_MAILER_CLIENT_SECRET`: fixed for the life of the process.
+    Value(SecretString),
+    /// `GRAPH_MAILER_CLIENT_SECRET_FILE`: re-read when it changes, so it can be rotated
+    /// without a restart.
+    File(PathBuf),
+}
+
+/// The delegated Microsoft Graph permissions the service asks for, as short names
+/// (`Mail.Send`, `Mail.ReadWrite`, `User.Read`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphScopes(Vec<String>);
+
+/// The resource prefix of Microsoft Graph scopes.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com/";
+
+/// The OpenID Connect scopes that make Microsoft return an id_token naming the account, and
+/// `offline_access`, which makes it return a refresh token.
+pub const IDENTITY_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+
+impl GraphScopes {
+    /// Parses a space- or comma-separated list; `Mail.Send` is always required.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut scopes: Vec<String> = Vec::new();
+        for scope in value.split([' ', ',']).filter(|s| !s.is_empty()) {
+            let short = scope.strip_prefix(GRAPH_RESOURCE).unwrap_or(scope);
+            if !short
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+            {
+                return Err(format!(
+                    "GRAPH_MAILER_GRAPH_SCOPES: \"{scope}\" is not a Microsoft Graph permission name \
+                     such as Mail.Send"
+                ));
+            }
+            if !scopes.iter().any(|s| s.eq_ignore_ascii_case(short)) {
+                scopes.push(short.to_owned());
+            }
+        }
+        if !scopes.iter().any(|s| s.eq_ignore_ascii_case("Mail.Send")) {
+            return Err(
+                "GRAPH_MAILER_GRAPH_SCOPES must include Mail.Send: without it no mail can be sent"
+                    .into(),
+            );
+        }
+        Ok(Self(scopes))
+    }
+
+    /// The short names.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether a permission is among them (case-insensitive).
+    pub fn includes(&self, name: &str) -> bool {
+        self.0.iter().any(|s| s.eq_ignore_ascii_case(name))
+    }
+
+    /// The `scope` parameter sent to Microsoft: identity scopes plus the Graph ones as URIs.
+    pub fn request_scopes(&self) -> Vec<String> {
+        IDENTITY_SCOPES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(self.0.iter().map(|s| format!("{GRAPH_RESOURCE}{s}")))
+            .collect()
+    }
+}
+
+/// Everything needed to talk to Microsoft on behalf of the app registration.
+#[derive(Debug, Clone)]
+pub struct AzureSettings {
+    pub tenant: TenantId,
+    pub client_id: ClientId,
+    pub client_secret: ClientSecretSource,
+    /// When the client secret expires, if the operator told us.
+    pub client_secret_expires_at: Option<DateTime<Utc>>,
+    /// How long before the secret's expiry warnings start.
+    pub client_secret_warning: chrono::Duration,
+    /// How often a secret file is checked for changes.
+    pub secret_reload_interval: std::time::Duration,
+    pub scopes: GraphScopes,
+}
+
+/// Parses an RFC 3339 date-time or a plain date (taken as midnight UTC).
+pub fn parse_expiry(value: &str) -> Result<DateTime<Utc>, String> {
+    let value = value.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        if let Some(midnight) = date.and_hms_opt(0, 0, 0) {
+            return Ok(midnight.and_utc());
+        }
+    }
+    Err(format!(
+        "GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT is \"{value}\": give the date shown in the app \
+         registration's \"Certificates & secrets\" page as 2027-05-31 or 2027-05-31T12:00:00Z"
+    ))
+}
+
+/// Whether `value` is a GUID in its 8-4-4-4-12 hexadecimal form.
+pub fn is_guid(value: &str) -> bool {
+    let groups: Vec<&str> = value.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_domain(value: &str) -> bool {
+    value.contains('.')
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_is_a_guid_or_a_verified_domain() {
+        assert!(TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").unwrap().is_guid());
+        assert!(!TenantId::parse("contoso.onmicrosoft.com").unwrap().is_guid());
+        assert!(TenantId::parse("contoso").is_err());
+        let common = TenantId::parse("common").unwrap_err();
+        assert!(common.contains("AADSTS50194"), "{common}");
+    }
+
+    #[test]
+    fn a_client_id_must_be_a_guid() {
+        assert!(ClientId::parse("00000000-0000-0000-0000-00000000000a").is_ok());
+        let error = ClientId::parse("my-app").unwrap_err();
+        assert!(error.contains("Application (client) ID"), "{error}");
+        assert!(ClientId::parse("0000000000000000000000000000000a").is_err());
+    }
+
+    #[test]
+    fn graph_scopes_accept_short_names_and_uris_and_require_mail_send() {
+        let scopes =
+            GraphScopes::parse("Mail.Send https://graph.microsoft.com/Mail.ReadWrite,mail.send")
+                .unwrap();
+        assert_eq!(scopes.names(), ["Mail.Send", "Mail.ReadWrite"]);
+        assert!(scopes.includes("mail.readwrite"));
+        assert_eq!(
+            scopes.request_scopes(),
+            [
+                "openid",
+                "profile",
+                "email",
+                "offline_access",
+                "https://graph.microsoft.com/Mail.Send",
+                "https://graph.microsoft.com/Mail.ReadWrite"
+            ]
+        );
+        assert!(GraphScopes::parse("User.Read").is_err());
+        assert!(GraphScopes::parse("Mail.Send Mail/Evil").is_err());
+    }
+
+    #[test]
+    fn secret_expiry_accepts_a_date_or_a_date_time() {
+        assert_eq!(
+            parse_expiry("2027-05-31").unwrap().to_rfc3339(),
+            "2027-05-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_expiry("2027-05-31T12:00:00+02:00").unwrap().to_rfc3339(),
+            "2027-05-31T10:00:00+00:00"
+        );
+        assert!(parse_expiry("31/05/2027").is_err());
+    }
+}
