@@ -23,28 +23,30 @@
 //! - [`mailer`]: the application core behind every RPC: Connect, SendMail (idempotency,
 //!   counters), Status, Disconnect.
 //! - [`grpc`]: the tonic service, health, reflection and the one mapping of errors to statuses.
+//! - [`health`]: readiness, told alike to gRPC health checks and `/readyz`.
 //! - [`http`]: the HTTP side: OAuth callback, liveness, readiness, metrics.
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
-// pub mod check;
-// pub mod cli;
+pub mod check;
+pub mod cli;
 pub mod clock;
 pub mod domain;
-// pub mod graph;
-// pub mod grpc;
-// pub mod http;
-// pub mod mailer;
-// pub mod metrics;
+pub mod graph;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod mailer;
+pub mod metrics;
 pub mod mime;
-// pub mod oauth;
+pub mod oauth;
 pub mod proto;
 pub mod settings;
-// pub mod shutdown;
-// pub mod startup;
+pub mod shutdown;
+pub mod startup;
 pub mod store;
-// pub mod telemetry;
-// pub mod transport;
+pub mod telemetry;
+pub mod transport;
 
 /// The service's version, reported by Status and the build-info metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

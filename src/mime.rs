@@ -81,7 +81,10 @@ pub fn build(
         AttachmentSelection::All => message.attachments(),
         AttachmentSelection::None => &[],
     };
-    builder.body(body_structure(message, selected)).write_to_vec().unwrap_or_default()
+    builder
+        .body(body_structure(message, selected))
+        .write_to_vec()
+        .unwrap_or_default()
 }
 
 fn address_list(recipients: &[Recipient]) -> Address<'_> {
@@ -206,7 +209,10 @@ mod tests {
         );
         assert_eq!(parsed.body_text(0).as_deref(), Some("Plain text"));
         assert!(parsed.body_html(0).unwrap().contains("cid:logo"));
-        assert_eq!(parsed.header_raw("X-Campaign").map(str::trim), Some("spring"));
+        assert_eq!(
+            parsed.header_raw("X-Campaign").map(str::trim),
+            Some("spring")
+        );
         assert_eq!(parsed.header_raw("Importance").map(str::trim), Some("high"));
         let attachments: Vec<_> = parsed.attachments().collect();
         assert_eq!(attachments.len(), 2);

@@ -122,10 +122,15 @@ mod tests {
             "bob@example.com\r\nBcc: x@y.z",
             " bob@example.com",
         ] {
-            assert!(EmailAddress::parse("to", bad).is_err(), "{bad:?} was accepted");
+            assert!(
+                EmailAddress::parse("to", bad).is_err(),
+                "{bad:?} was accepted"
+            );
         }
         assert_eq!(
-            EmailAddress::parse("cc[0].address", "").unwrap_err().to_string(),
+            EmailAddress::parse("cc[0].address", "")
+                .unwrap_err()
+                .to_string(),
             "cc[0].address: is required"
         );
     }

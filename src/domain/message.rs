@@ -372,7 +372,14 @@ mod tests {
         let many = (0..501)
             .map(|i| recipient(&format!("r{i}@example.com")))
             .collect();
-        let error = OutgoingMessage::new(MessageParts { to: many, ..parts() }, 1000).unwrap_err();
+        let error = OutgoingMessage::new(
+            MessageParts {
+                to: many,
+                ..parts()
+            },
+            1000,
+        )
+        .unwrap_err();
         assert_eq!(error.field, "recipients");
         assert!(error.reason.contains("501"));
     }
@@ -443,19 +450,23 @@ mod tests {
     fn attachments_need_a_file_name_and_a_valid_type() {
         let ok = Attachment::parse("attachments[0]", "a.pdf", "", Bytes::new(), "").unwrap();
         assert_eq!(ok.content_type, "application/octet-stream");
-        let error = Attachment::parse("attachments[1]", "", "text/plain", Bytes::new(), "")
-            .unwrap_err();
+        let error =
+            Attachment::parse("attachments[1]", "", "text/plain", Bytes::new(), "").unwrap_err();
         assert_eq!(error.field, "attachments[1].filename");
-        let error =
-            Attachment::parse("attachments[2]", "a.txt", "not a type", Bytes::new(), "")
-                .unwrap_err();
-        assert_eq!(error.field, "attachments[2].content_type");
-        let error = Attachment::parse("attachments[3]", "../etc/passwd", "", Bytes::new(), "")
+        let error = Attachment::parse("attachments[2]", "a.txt", "not a type", Bytes::new(), "")
             .unwrap_err();
-        assert_eq!(error.field, "attachments[3].filename");
+        assert_eq!(error.field, "attachments[2].content_type");
         let error =
-            Attachment::parse("attachments[4]", "a.png", "image/png", Bytes::new(), "<logo>")
-                .unwrap_err();
+            Attachment::parse("attachments[3]", "../etc/passwd", "", Bytes::new(), "").unwrap_err();
+        assert_eq!(error.field, "attachments[3].filename");
+        let error = Attachment::parse(
+            "attachments[4]",
+            "a.png",
+            "image/png",
+            Bytes::new(),
+            "<logo>",
+        )
+        .unwrap_err();
         assert_eq!(error.field, "attachments[4].content_id");
         let inline =
             Attachment::parse("attachments[5]", "a.png", "image/png", Bytes::new(), "logo")

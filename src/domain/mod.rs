@@ -13,8 +13,8 @@ use std::fmt;
 pub use address::{EmailAddress, Mailbox};
 pub use idempotency::IdempotencyKey;
 pub use message::{
-    Attachment, CustomHeader, Importance, MAX_RECIPIENTS, MessageParts, OutgoingMessage,
-    Recipient, human_bytes,
+    Attachment, CustomHeader, Importance, MAX_RECIPIENTS, MessageParts, OutgoingMessage, Recipient,
+    human_bytes,
 };
 
 /// A field of a request that is not acceptable, and why.
@@ -52,7 +52,11 @@ pub(crate) fn quoted(value: &str) -> impl fmt::Display + '_ {
     impl fmt::Display for Quoted<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             let shown: String = self.0.chars().take(80).collect();
-            let ellipsis = if shown.len() < self.0.len() { "…" } else { "" };
+            let ellipsis = if shown.len() < self.0.len() {
+                "…"
+            } else {
+                ""
+            };
             write!(f, "{:?}", format!("{shown}{ellipsis}"))
         }
     }

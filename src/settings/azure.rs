@@ -169,10 +169,10 @@ pub fn parse_expiry(value: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(time) = DateTime::parse_from_rfc3339(value) {
         return Ok(time.with_timezone(&Utc));
     }
-    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        if let Some(midnight) = date.and_hms_opt(0, 0, 0) {
-            return Ok(midnight.and_utc());
-        }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        && let Some(midnight) = date.and_hms_opt(0, 0, 0)
+    {
+        return Ok(midnight.and_utc());
     }
     Err(format!(
         "GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT is \"{value}\": give the date shown in the app \
@@ -207,8 +207,16 @@ mod tests {
 
     #[test]
     fn a_tenant_is_a_guid_or_a_verified_domain() {
-        assert!(TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47").unwrap().is_guid());
-        assert!(!TenantId::parse("contoso.onmicrosoft.com").unwrap().is_guid());
+        assert!(
+            TenantId::parse("72f988bf-86f1-41af-91ab-2d7cd011db47")
+                .unwrap()
+                .is_guid()
+        );
+        assert!(
+            !TenantId::parse("contoso.onmicrosoft.com")
+                .unwrap()
+                .is_guid()
+        );
         assert!(TenantId::parse("contoso").is_err());
         let common = TenantId::parse("common").unwrap_err();
         assert!(common.contains("AADSTS50194"), "{common}");
@@ -251,7 +259,9 @@ mod tests {
             "2027-05-31T00:00:00+00:00"
         );
         assert_eq!(
-            parse_expiry("2027-05-31T12:00:00+02:00").unwrap().to_rfc3339(),
+            parse_expiry("2027-05-31T12:00:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
             "2027-05-31T10:00:00+00:00"
         );
         assert!(parse_expiry("31/05/2027").is_err());

@@ -158,7 +158,8 @@ impl Settings {
         let mut warnings = Vec::new();
 
         let public_url = problems.take(parse_public_url(&raw.public_url, &mut warnings));
-        let authority_url = problems.take(parse_url("GRAPH_MAILER_AUTHORITY_URL", &raw.authority_url));
+        let authority_url =
+            problems.take(parse_url("GRAPH_MAILER_AUTHORITY_URL", &raw.authority_url));
         let graph_url = problems.take(parse_url("GRAPH_MAILER_GRAPH_URL", &raw.graph_url));
         let grpc_addr = problems.take(parse_addr("GRAPH_MAILER_GRPC_ADDR", &raw.grpc_addr));
         let http_addr = problems.take(parse_addr("GRAPH_MAILER_HTTP_ADDR", &raw.http_addr));
@@ -273,7 +274,10 @@ impl Settings {
             None => rows.push(("GRAPH_MAILER_TENANT_ID", unset())),
         }
         rows.extend([
-            ("GRAPH_MAILER_PUBLIC_URL", self.public_url.as_str().to_owned()),
+            (
+                "GRAPH_MAILER_PUBLIC_URL",
+                self.public_url.as_str().to_owned(),
+            ),
             ("redirect URI", self.public_url.redirect_uri()),
             ("GRAPH_MAILER_AUTHORITY_URL", self.authority_url.to_string()),
             ("GRAPH_MAILER_GRAPH_URL", self.graph_url.to_string()),
@@ -289,7 +293,10 @@ impl Settings {
                     KeySource::Generated(path) => format!("generated in {}", path.display()),
                 },
             ),
-            ("GRAPH_MAILER_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
+            (
+                "GRAPH_MAILER_MAX_MESSAGE_BYTES",
+                self.max_message_bytes.to_string(),
+            ),
             (
                 "GRAPH_MAILER_LOG_FORMAT",
                 match self.log_format {
@@ -394,7 +401,12 @@ fn parse_log_format(value: &str) -> Result<LogFormat, String> {
 }
 
 fn parse_transport(raw: &RawSettings) -> Result<TransportKind, String> {
-    match raw.transport.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    match raw
+        .transport
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None if raw.tenant_id.is_some() => Ok(TransportKind::Graph),
         None => Ok(TransportKind::Sandbox),
         Some("sandbox") => Ok(TransportKind::Sandbox),
@@ -441,7 +453,8 @@ fn parse_azure(raw: &RawSettings, warnings: &mut Vec<String>) -> Result<AzureSet
         (None, Some(file)) => Some(ClientSecretSource::File(file.into())),
         (Some(_), Some(_)) => {
             errors.push(
-                "set GRAPH_MAILER_CLIENT_SECRET or GRAPH_MAILER_CLIENT_SECRET_FILE, not both".into(),
+                "set GRAPH_MAILER_CLIENT_SECRET or GRAPH_MAILER_CLIENT_SECRET_FILE, not both"
+                    .into(),
             );
             None
         }
@@ -547,7 +560,10 @@ mod tests {
     #[test]
     fn a_tenant_selects_graph_and_needs_a_client_id_and_secret() {
         let error = Settings::from_raw(raw(&[("TENANT_ID", TENANT)])).unwrap_err();
-        assert!(error.contains("GRAPH_MAILER_CLIENT_ID is not set"), "{error}");
+        assert!(
+            error.contains("GRAPH_MAILER_CLIENT_ID is not set"),
+            "{error}"
+        );
         assert!(error.contains("no client secret"), "{error}");
         let settings = Settings::from_raw(raw(&[
             ("TENANT_ID", TENANT),
@@ -574,7 +590,11 @@ mod tests {
     fn plain_http_outside_localhost_is_warned_about_and_bad_urls_are_refused() {
         let settings =
             Settings::from_raw(raw(&[("PUBLIC_URL", "http://mail.example.com")])).unwrap();
-        assert!(settings.warnings[0].contains("https"), "{:?}", settings.warnings);
+        assert!(
+            settings.warnings[0].contains("https"),
+            "{:?}",
+            settings.warnings
+        );
         let error = Settings::from_raw(raw(&[("PUBLIC_URL", "mail.example.com")])).unwrap_err();
         assert!(error.contains("GRAPH_MAILER_PUBLIC_URL"), "{error}");
     }
@@ -608,8 +628,7 @@ mod tests {
 
     #[test]
     fn the_message_size_cannot_exceed_microsofts_limit() {
-        let error =
-            Settings::from_raw(raw(&[("MAX_MESSAGE_BYTES", "200000000")])).unwrap_err();
+        let error = Settings::from_raw(raw(&[("MAX_MESSAGE_BYTES", "200000000")])).unwrap_err();
         assert!(error.contains("150 MB"), "{error}");
     }
 }

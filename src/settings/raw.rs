@@ -139,7 +139,9 @@ pub fn load(
         }
     }
     figment = figment.merge(Serialized::defaults(from_env));
-    let raw = figment.extract_lossy::<RawSettings>().map_err(describe_error)?;
+    let raw = figment
+        .extract_lossy::<RawSettings>()
+        .map_err(describe_error)?;
     Ok((raw, notes))
 }
 
@@ -214,7 +216,11 @@ mod tests {
     fn environment_wins_over_the_file_and_the_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("graph-mailer.toml");
-        std::fs::write(&file, "grpc_addr = \"127.0.0.1:1\"\nhttp_addr = \"127.0.0.1:2\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "grpc_addr = \"127.0.0.1:1\"\nhttp_addr = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
         let (raw, _) = load(
             Some(&file),
             env(&[("GRAPH_MAILER_GRPC_ADDR", "127.0.0.1:3")]),

@@ -86,11 +86,17 @@ impl TokenCipher {
             }
             KeySource::Generated(path) if path.exists() => {
                 let key = read_key_file(path)?;
-                Ok((Self::new(&key), KeyOrigin::ExistingFile(path.display().to_string())))
+                Ok((
+                    Self::new(&key),
+                    KeyOrigin::ExistingFile(path.display().to_string()),
+                ))
             }
             KeySource::Generated(path) => {
                 let key = generate_key_file(path)?;
-                Ok((Self::new(&key), KeyOrigin::GeneratedFile(path.display().to_string())))
+                Ok((
+                    Self::new(&key),
+                    KeyOrigin::GeneratedFile(path.display().to_string()),
+                ))
             }
         }
     }
@@ -118,12 +124,15 @@ impl TokenCipher {
         if stored.len() < 1 + NONCE_LEN || stored[0] != VERSION {
             return Err(DecryptError);
         }
-        let nonce = Nonce::<Aes256Gcm>::try_from(&stored[1..1 + NONCE_LEN]).map_err(|_| DecryptError)?;
+        let nonce =
+            Nonce::<Aes256Gcm>::try_from(&stored[1..1 + NONCE_LEN]).map_err(|_| DecryptError)?;
         let payload = Payload {
             msg: &stored[1 + NONCE_LEN..],
             aad: context.as_bytes(),
         };
-        self.cipher.decrypt(&nonce, payload).map_err(|_| DecryptError)
+        self.cipher
+            .decrypt(&nonce, payload)
+            .map_err(|_| DecryptError)
     }
 
     /// Encrypts a secret string.

@@ -193,11 +193,10 @@ impl Store {
 
     /// The mailboxes that hold tokens and can send.
     pub async fn connected_mailboxes(&self) -> Result<Vec<Mailbox>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT mailbox FROM mailboxes WHERE state = 'connected' ORDER BY mailbox",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT mailbox FROM mailboxes WHERE state = 'connected' ORDER BY mailbox")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| Ok(Mailbox::from_stored(r.try_get(0)?)))
             .collect()
@@ -244,9 +243,15 @@ impl Store {
         .bind(connection.object_id.as_deref())
         .bind(connection.tenant_id.as_deref())
         .bind(connection.scopes.join(" "))
-        .bind(self.cipher.seal(&token_context(mailbox, "access_token"), &connection.access_token))
+        .bind(self.cipher.seal(
+            &token_context(mailbox, "access_token"),
+            &connection.access_token,
+        ))
         .bind(connection.access_token_expires_at.timestamp_millis())
-        .bind(self.cipher.seal(&token_context(mailbox, "refresh_token"), &connection.refresh_token))
+        .bind(self.cipher.seal(
+            &token_context(mailbox, "refresh_token"),
+            &connection.refresh_token,
+        ))
         .bind(now.timestamp_millis())
         .execute(&self.pool)
         .await?;
@@ -297,7 +302,11 @@ impl Store {
     }
 
     /// Counts an accepted message.
-    pub async fn record_sent(&self, mailbox: &Mailbox, at: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn record_sent(
+        &self,
+        mailbox: &Mailbox,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO mailboxes (mailbox, sent_total, last_sent_at, created_at, updated_at) \
              VALUES ($1, 1, $2, $2, $2) \
@@ -342,7 +351,11 @@ impl Store {
 
     /// Forgets the mailbox's tokens and pending sign-ins; counters stay. Returns whether the
     /// mailbox was known.
-    pub async fn disconnect(&self, mailbox: &Mailbox, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn disconnect(
+        &self,
+        mailbox: &Mailbox,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE mailboxes SET state = 'not_connected', access_token = NULL, \
@@ -384,7 +397,10 @@ impl Store {
         )
         .bind(&pending.state_hash)
         .bind(pending.mailbox.as_str())
-        .bind(self.cipher.seal(&pending_context(&pending.state_hash), &pending.pkce_verifier))
+        .bind(self.cipher.seal(
+            &pending_context(&pending.state_hash),
+            &pending.pkce_verifier,
+        ))
         .bind(pending.created_at.timestamp_millis())
         .bind(pending.expires_at.timestamp_millis())
         .execute(&mut *tx)
@@ -463,7 +479,17 @@ impl Store {
         match self.idempotency_record(mailbox, key).await? {
             Some(record) => Ok(Claim::Existing(record)),
             // Deleted between our insert and read (expired and purged): try once more.
-            None => Box::pin(self.claim_idempotency(mailbox, key, request_hash, message_id, now, lifetime)).await,
+            None => {
+                Box::pin(self.claim_idempotency(
+                    mailbox,
+                    key,
+                    request_hash,
+                    message_id,
+                    now,
+                    lifetime,
+                ))
+                .await
+            }
         }
     }
 
@@ -486,7 +512,9 @@ impl Store {
                 request_hash: row.try_get("request_hash")?,
                 status: IdempotencyStatus::from_stored(&row.try_get::<String, _>("status")?),
                 message_id: row.try_get("message_id")?,
-                accepted_at: row.try_get::<Option<i64>, _>("accepted_at")?.map(from_millis),
+                accepted_at: row
+                    .try_get::<Option<i64>, _>("accepted_at")?
+                    .map(from_millis),
                 created_at: from_millis(row.try_get("created_at")?),
             })
         })
@@ -515,7 +543,11 @@ impl Store {
     }
 
     /// Frees `key` after a send that certainly did not happen, so the caller may retry with it.
-    pub async fn release_idempotency(&self, mailbox: &Mailbox, key: &str) -> Result<(), StoreError> {
+    pub async fn release_idempotency(
+        &self,
+        mailbox: &Mailbox,
+        key: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM idempotency_keys WHERE mailbox = $1 AND idem_key = $2")
             .bind(mailbox.as_str())
             .bind(key)
@@ -607,13 +639,13 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = std::path::Path::new(path).parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
+            path: parent.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }

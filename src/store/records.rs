@@ -15,14 +15,6 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
-    pub(crate) fn stored(self) -> &'static str {
-        match self {
-            Self::NotConnected | Self::Pending => "not_connected",
-            Self::Connected => "connected",
-            Self::ReauthorizationRequired => "reauthorization_required",
-        }
-    }
-
     pub(crate) fn from_stored(value: &str) -> Self {
         match value {
             "connected" => Self::Connected,

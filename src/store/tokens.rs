@@ -76,9 +76,15 @@ impl TokenLock<'_> {
              WHERE mailbox = $1 AND state = 'connected'",
         )
         .bind(mailbox)
-        .bind(cipher.seal(&token_context(mailbox, "access_token"), &tokens.access_token))
+        .bind(cipher.seal(
+            &token_context(mailbox, "access_token"),
+            &tokens.access_token,
+        ))
         .bind(tokens.access_token_expires_at.timestamp_millis())
-        .bind(cipher.seal(&token_context(mailbox, "refresh_token"), &tokens.refresh_token))
+        .bind(cipher.seal(
+            &token_context(mailbox, "refresh_token"),
+            &tokens.refresh_token,
+        ))
         .bind(tokens.scopes.as_ref().map(|s| s.join(" ")))
         .bind(now.timestamp_millis());
         match self.transaction.as_mut() {
@@ -132,7 +138,9 @@ where
             .open(&token_context(mailbox.as_str(), "refresh_token"), &refresh)
             .map_err(|_| undecryptable())?,
         scopes: split_scopes(&row.try_get::<String, _>("scopes")?),
-        last_refreshed_at: row.try_get::<Option<i64>, _>("last_refreshed_at")?.map(from_millis),
+        last_refreshed_at: row
+            .try_get::<Option<i64>, _>("last_refreshed_at")?
+            .map(from_millis),
         generation: row.try_get("token_generation")?,
     }))
 }

@@ -1,0 +1,188 @@
+//! The command line: `serve` (the default), `check` and `healthcheck`.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    check,
+    settings::Settings,
+    shutdown,
+    startup::Application,
+    telemetry::{self, LogTarget},
+};
+
+const SETTINGS_HELP: &str = "\
+Settings come from GRAPH_MAILER_* environment variables, optionally from a TOML file
+(--config; keys are the variable names without the prefix, in lower case), the environment
+winning. The main ones (all are listed in the README):
+
+  GRAPH_MAILER_TENANT_ID            Entra tenant GUID (or verified domain); unset = sandbox
+  GRAPH_MAILER_CLIENT_ID            the app registration's Application (client) ID
+  GRAPH_MAILER_CLIENT_SECRET(_FILE) the client secret's Value (a file is re-read on change)
+  GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT  e.g. 2027-05-31: warnings start 30 days before
+  GRAPH_MAILER_PUBLIC_URL           default http://localhost:8080; redirect URI = it + /oauth2/callback
+  GRAPH_MAILER_GRPC_ADDR            default 0.0.0.0:50051
+  GRAPH_MAILER_HTTP_ADDR            default 0.0.0.0:8080 (OAuth callback, /healthz, /readyz, /metrics)
+  GRAPH_MAILER_DATA_DIR             default ./data (SQLite file, encryption key, sandbox .eml files)
+  GRAPH_MAILER_DATABASE_URL         default SQLite in the data dir; postgres://… for replicas
+  GRAPH_MAILER_ENCRYPTION_KEY(_FILE) 32 bytes, base64; generated into the data dir when unset
+  GRAPH_MAILER_TRANSPORT            graph (when a tenant is set) or sandbox
+  GRAPH_MAILER_LOG_FORMAT           text or json
+  RUST_LOG                          log filter, default info";
+
+/// graph-mailer: send email as Microsoft 365 mailboxes through Microsoft Graph, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "graph-mailer", version, after_help = SETTINGS_HELP)]
+pub struct Cli {
+    /// A TOML file with settings; GRAPH_MAILER_* environment variables override its values.
+    #[arg(long, global = true, env = "GRAPH_MAILER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default): gRPC on GRAPH_MAILER_GRPC_ADDR, HTTP on GRAPH_MAILER_HTTP_ADDR.
+    /// Stops gracefully on SIGTERM or SIGINT.
+    Serve,
+    /// Check the configuration and the Microsoft setup step by step, printing what to fix.
+    /// Exits 0 only when every check passes.
+    Check {
+        /// Print the results as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also send the set-up test mail ("graph-mailer test – <date>") to this address through
+        /// the real transport.
+        #[arg(long, value_name = "ADDRESS")]
+        send_test: Option<String>,
+        /// The mailbox to send the test mail as (default: the only connected mailbox).
+        #[arg(long, value_name = "MAILBOX")]
+        from: Option<String>,
+    },
+    /// Ask the running service's gRPC health check whether it is SERVING; exit 0 if so, 1 if not.
+    /// For container health checks (images carry no grpc-health-probe).
+    Healthcheck {
+        /// The service's gRPC address; default: GRAPH_MAILER_GRPC_ADDR with 0.0.0.0 as 127.0.0.1.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("graph-mailer: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let settings = Settings::load(cli.config.as_deref());
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = match settings {
+                Ok(settings) => settings,
+                Err(errors) => {
+                    eprintln!("graph-mailer cannot start; fix these settings:\n{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(settings.log_format, LogTarget::Stdout);
+            match serve(settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("graph-mailer stopped with an error: {error:#}");
+                    eprintln!("graph-mailer: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check {
+            json,
+            send_test,
+            from,
+        } => {
+            let options = check::Options {
+                json,
+                send_test,
+                from,
+            };
+            check::run(settings, options).await
+        }
+        Command::Healthcheck { addr, timeout } => {
+            let addr = addr.unwrap_or_else(|| match &settings {
+                Ok(settings) => local_address(settings.grpc_addr),
+                Err(_) => "127.0.0.1:50051".to_owned(),
+            });
+            healthcheck(&addr, Duration::from_secs(timeout)).await
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let application = Application::build(settings).await?;
+    application.run_until_stopped(shutdown::signal()).await
+}
+
+/// A listen address as a local one to connect to.
+fn local_address(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+async fn healthcheck(addr: &str, timeout: Duration) -> ExitCode {
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(timeout)
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let response = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: crate::proto::SERVICE_NAME.to_owned(),
+            })
+            .await?;
+        anyhow::Ok(response.into_inner().status)
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(status))
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("NOT SERVING (status {status})");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            println!("unhealthy: {error:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            println!(
+                "unhealthy: no answer from {addr} within {} s",
+                timeout.as_secs()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The application core behind the RPCs: Connect, SendMail, Status, Disconnect.
+//!
+//! Knows nothing of gRPC: requests arrive as parsed domain types and failures leave as
+//! [`MailerError`]. SendMail adds idempotency, counters, metrics and logs around the transport.
+
+mod error;
+mod idempotency;
+
+use std::{sync::Arc, time::Instant};
+
+use chrono::{DateTime, Utc};
+use tracing::Instrument;
+
+pub use error::MailerError;
+
+use crate::{
+    clock::SharedClock,
+    domain::{IdempotencyKey, Mailbox, OutgoingMessage, ValidationError},
+    metrics,
+    oauth::{ConnectFlow, SignInLink},
+    settings::TransportKind,
+    store::{ConnectionState, MailboxRecord, Store},
+    transport::Transport,
+};
+
+/// A SendMail request, parsed.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// `None` when the caller left it empty.
+    pub mailbox: Option<Mailbox>,
+    pub message: OutgoingMessage,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// A hash of the whole request (key excluded), to tell a retry from a different message.
+    pub request_hash: String,
+}
+
+/// What a caller learns of a successful send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+    pub accepted_at: DateTime<Utc>,
+    pub deduplicated: bool,
+}
+
+/// What Status reports.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub mailboxes: Vec<MailboxRecord>,
+    pub transport: TransportKind,
+    pub client_secret_expires_at: Option<DateTime<Utc>>,
+    pub warnings: Vec<String>,
+}
+
+/// The client secret's expiry as configured, for Status and warnings.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretExpiry {
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Warnings start this long before.
+    pub warning: chrono::Duration,
+}
+
+impl SecretExpiry {
+    /// A sentence when the secret expires soon or expired, `None` otherwise.
+    pub fn warning(&self, now: DateTime<Utc>) -> Option<String> {
+        let expires_at = self.expires_at?;
+        let days = (expires_at - now).num_days();
+        if expires_at <= now {
+            Some(format!(
+                "the client secret expired on {}: token requests fail with AADSTS7000222; create \
+                 a new secret under \"Certificates & secrets\" and update \
+                 GRAPH_MAILER_CLIENT_SECRET (or the file) and GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT",
+                expires_at.format("%Y-%m-%d")
+            ))
+        } else if expires_at - now <= self.warning {
+            Some(format!(
+                "the client secret expires on {} (in {days} days): create a new secret under \
+                 \"Certificates & secrets\" and rotate it before then",
+                expires_at.format("%Y-%m-%d")
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the secret has expired.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The service's core.
+#[derive(Debug)]
+pub struct Mailer {
+    store: Store,
+    clock: SharedClock,
+    transport: Transport,
+    connect: Option<Arc<ConnectFlow>>,
+    secret_expiry: SecretExpiry,
+}
+
+impl Mailer {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        transport: Transport,
+        connect: Option<Arc<ConnectFlow>>,
+        secret_expiry: SecretExpiry,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            transport,
+            connect,
+            secret_expiry,
+        }
+    }
+
+    /// The transport in use.
+    pub fn transport_kind(&self) -> TransportKind {
+        self.transport.kind()
+    }
+
+    /// Starts connecting `mailbox`: a sign-in link for its owner.
+    pub async fn connect(
+        &self,
+        mailbox: &Mailbox,
+        force_consent: bool,
+    ) -> Result<SignInLink, MailerError> {
+        let Some(connect) = &self.connect else {
+            return Err(MailerError::FailedPrecondition(
+                "Connect needs Microsoft: this service runs the sandbox transport (no tenant is \
+                 configured). Set GRAPH_MAILER_TENANT_ID, GRAPH_MAILER_CLIENT_ID and \
+                 GRAPH_MAILER_CLIENT_SECRET to the app registration's values and restart"
+                    .into(),
+            ));
+        };
+        Ok(connect.start(mailbox, force_consent).await?)
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, request: SendRequest) -> Result<SendReceipt, MailerError> {
+        let started = Instant::now();
+        let _in_flight = metrics::InFlight::start();
+        let mailbox = self.resolve_mailbox(request.mailbox.clone()).await?;
+        let result = self.send_as(&mailbox, &request).await;
+        let (outcome, code) = match &result {
+            Ok(receipt) if receipt.deduplicated => ("deduplicated", "OK"),
+            Ok(_) => ("sent", "OK"),
+            Err(error) => ("failed", error.code_name()),
+        };
+        metrics::send_finished(
+            mailbox.domain(),
+            outcome,
+            code,
+            started.elapsed().as_secs_f64(),
+            self.transport.kind().as_str(),
+        );
+        result
+    }
+
+    async fn send_as(
+        &self,
+        mailbox: &Mailbox,
+        request: &SendRequest,
+    ) -> Result<SendReceipt, MailerError> {
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("send", message_id, mailbox_domain = mailbox.domain());
+        self.send_with_id(mailbox, request, message_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_with_id(
+        &self,
+        mailbox: &Mailbox,
+        request: &SendRequest,
+        message_id: String,
+    ) -> Result<SendReceipt, MailerError> {
+        let key = request.idempotency_key.as_ref();
+        if let Some(key) = key
+            && let Some(earlier) = idempotency::claim(
+                &self.store,
+                &*self.clock,
+                mailbox,
+                key,
+                &request.request_hash,
+                &message_id,
+            )
+            .await?
+        {
+            tracing::info!(
+                message_id = earlier.message_id,
+                mailbox_domain = mailbox.domain(),
+                "deduplicated by idempotency key"
+            );
+            return Ok(earlier);
+        }
+        tracing::info!(
+            message_id,
+            mailbox_domain = mailbox.domain(),
+            recipient_domains = ?request.message.recipient_domains(),
+            attachments = request.message.attachments().len(),
+            bytes = request.message.size(),
+            "sending"
+        );
+        let result = self
+            .transport
+            .send(mailbox, &request.message, &message_id)
+            .await;
+        if let Some(key) = key {
+            idempotency::finish(&self.store, mailbox, key, &result).await;
+        }
+        let now = self.clock.now();
+        match result {
+            Ok(accepted_at) => {
+                tracing::info!(message_id, mailbox_domain = mailbox.domain(), "accepted");
+                if let Err(error) = self.store.record_sent(mailbox, accepted_at).await {
+                    tracing::error!(message_id, %error, "message accepted but its counter was not updated");
+                }
+                Ok(SendReceipt {
+                    message_id,
+                    accepted_at,
+                    deduplicated: false,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(message_id, mailbox_domain = mailbox.domain(), code = error.code_name(), %error, "send failed");
+                if let Err(store_error) = self
+                    .store
+                    .record_failure(mailbox, Some(&error.to_string()), now)
+                    .await
+                {
+                    tracing::error!(message_id, error = %store_error, "cannot record the failure");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn resolve_mailbox(&self, mailbox: Option<Mailbox>) -> Result<Mailbox, MailerError> {
+        if let Some(mailbox) = mailbox {
+            return Ok(mailbox);
+        }
+        if self.transport.kind() == TransportKind::Sandbox {
+            return Err(ValidationError::new(
+                "mailbox",
+                "is required in sandbox mode, where any address may send",
+            )
+            .into());
+        }
+        let mut connected = self.store.connected_mailboxes().await?;
+        match connected.len() {
+            1 => Ok(connected.remove(0)),
+            0 => Err(MailerError::FailedPrecondition(
+                "no mailbox is connected: call Connect for the mailbox to send as and have its \
+                 owner sign in"
+                    .into(),
+            )),
+            n => Err(MailerError::FailedPrecondition(format!(
+                "mailbox is empty but {n} mailboxes are connected: name the one to send as"
+            ))),
+        }
+    }
+
+    /// The state of one mailbox, or of all.
+    pub async fn status(&self, mailbox: Option<&Mailbox>) -> Result<ServiceStatus, MailerError> {
+        let now = self.clock.now();
+        let mailboxes = match mailbox {
+            Some(mailbox) => match self.store.mailbox(mailbox, now).await? {
+                Some(record) => vec![record],
+                None => {
+                    return Err(MailerError::NotFound(format!(
+                        "{mailbox} is unknown to graph-mailer: it was never connected and never \
+                         sent through this service; call Connect for it"
+                    )));
+                }
+            },
+            None => {
+                let all = self.store.mailboxes(now).await?;
+                publish_state_counts(&all);
+                all
+            }
+        };
+        let mailboxes = match self.transport.kind() {
+            // In the sandbox every address can send without signing in.
+            TransportKind::Sandbox => mailboxes.into_iter().map(as_sandbox_mailbox).collect(),
+            TransportKind::Graph => mailboxes,
+        };
+        Ok(ServiceStatus {
+            mailboxes,
+            transport: self.transport.kind(),
+            client_secret_expires_at: self.secret_expiry.expires_at,
+            warnings: self.secret_expiry.warning(now).into_iter().collect(),
+        })
+    }
+
+    /// Forgets a mailbox's tokens and pending sign-ins.
+    pub async fn disconnect(&self, mailbox: &Mailbox) -> Result<(), MailerError> {
+        let known = self.store.disconnect(mailbox, self.clock.now()).await?;
+        tracing::info!(
+            mailbox_domain = mailbox.domain(),
+            known,
+            "mailbox disconnected"
+        );
+        Ok(())
+    }
+
+    /// Publishes the mailbox-state gauge (also called periodically by the service).
+    pub async fn refresh_state_metrics(&self) -> Result<(), MailerError> {
+        let all = self.store.mailboxes(self.clock.now()).await?;
+        publish_state_counts(&all);
+        Ok(())
+    }
+}
+
+fn as_sandbox_mailbox(mut record: MailboxRecord) -> MailboxRecord {
+    if record.state == ConnectionState::NotConnected {
+        record.state = ConnectionState::Connected;
+        record.account = Some(record.mailbox.to_string());
+    }
+    record
+}
+
+fn publish_state_counts(records: &[MailboxRecord]) {
+    let count = |state: ConnectionState| records.iter().filter(|r| r.state == state).count();
+    metrics::mailboxes(&[
+        ("not_connected", count(ConnectionState::NotConnected)),
+        ("pending", count(ConnectionState::Pending)),
+        ("connected", count(ConnectionState::Connected)),
+        (
+            "reauthorization_required",
+            count(ConnectionState::ReauthorizationRequired),
+        ),
+    ]);
+}

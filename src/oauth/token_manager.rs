@@ -1,0 +1,417 @@
+//! The refresh engine: a valid access token for any connected mailbox, refreshed at most once
+//! at a time, the rotated refresh token stored before the new access token is used.
+//!
+//! - **Single flight.** Callers that find a token about to expire queue on a per-mailbox lock;
+//!   the first refreshes, the others re-read the store and find the fresh token. On PostgreSQL
+//!   the store adds a cross-replica lock, so replicas refresh once between them.
+//! - **Rotation.** Every refresh returns a new refresh token; it replaces the old one in the
+//!   same write as the access token, committed before anyone uses either.
+//! - **Failure classes.** A dead grant marks the mailbox REAUTHORIZATION_REQUIRED; a bad secret
+//!   is a configuration error; outages are retried with jittered backoff while the old token,
+//!   if still valid, keeps being served.
+//! - **Proactive.** A background task refreshes tokens ahead of expiry and connections idle for
+//!   days, so Microsoft's 90-day inactivity expiry never hits a quiet mailbox.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::{IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, normalize_scopes};
+use crate::{
+    clock::SharedClock,
+    domain::Mailbox,
+    metrics,
+    settings::TokenSettings,
+    store::{ConnectionState, ErrorSource, RefreshedTokens, Store, StoreError, StoredTokens},
+};
+
+/// A usable access token.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub secret: SecretString,
+    pub expires_at: DateTime<Utc>,
+    /// Granted scopes (short names).
+    pub scopes: Vec<String>,
+    /// Which write of the tokens this is; see [`TokenManager::replace_rejected`].
+    pub generation: i64,
+}
+
+impl AccessToken {
+    fn from_stored(tokens: &StoredTokens) -> Self {
+        Self {
+            secret: tokens.access_token.clone(),
+            expires_at: tokens.access_token_expires_at,
+            scopes: tokens.scopes.clone(),
+            generation: tokens.generation,
+        }
+    }
+
+    /// Whether Microsoft granted `scope` (case-insensitive, short name).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s.eq_ignore_ascii_case(scope))
+    }
+}
+
+/// Why no token can be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{mailbox} is not connected: call Connect for it and have its owner sign in")]
+    NotConnected { mailbox: String },
+    #[error("{advice}")]
+    ReauthorizationRequired { advice: String },
+    #[error("{advice}")]
+    Configuration { advice: String },
+    #[error("{advice}")]
+    Unavailable { advice: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a token is being asked for; decides whether the stored one will do.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    /// For use now: valid for at least the refresh margin.
+    Usable,
+    /// Graph rejected the token of this generation: replace it unless someone already did.
+    Replace { rejected_generation: i64 },
+    /// Background upkeep: expiring within the look-ahead, or idle for too long.
+    Upkeep,
+}
+
+/// How transient refresh failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshRetry {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RefreshRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a background pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UpkeepSummary {
+    pub refreshed: usize,
+    pub failed: usize,
+}
+
+/// Hands out access tokens and keeps them fresh.
+#[derive(Debug)]
+pub struct TokenManager {
+    store: Store,
+    identity: Arc<IdentityClient>,
+    clock: SharedClock,
+    settings: TokenSettings,
+    retry: RefreshRetry,
+    flights: Mutex<HashMap<Mailbox, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl TokenManager {
+    pub fn new(
+        store: Store,
+        identity: Arc<IdentityClient>,
+        clock: SharedClock,
+        settings: TokenSettings,
+        retry: RefreshRetry,
+    ) -> Self {
+        Self {
+            store,
+            identity,
+            clock,
+            settings,
+            retry,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token valid for at least the refresh margin (5 minutes by default).
+    pub async fn access_token(&self, mailbox: &Mailbox) -> Result<AccessToken, TokenError> {
+        let tokens = self
+            .connected_tokens(mailbox, self.store.tokens(mailbox).await?)
+            .await?;
+        if !self.needs_refresh(&tokens, Need::Usable) {
+            return Ok(AccessToken::from_stored(&tokens));
+        }
+        self.refresh(mailbox, Need::Usable).await
+    }
+
+    /// Graph answered 401 to `rejected`: a fresh token, refreshed once no matter how many
+    /// sends saw the rejection.
+    pub async fn replace_rejected(
+        &self,
+        mailbox: &Mailbox,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, TokenError> {
+        self.refresh(
+            mailbox,
+            Need::Replace {
+                rejected_generation: rejected.generation,
+            },
+        )
+        .await
+    }
+
+    /// Refreshes what is due: tokens expiring soon and connections idle for too long.
+    pub async fn upkeep(&self) -> UpkeepSummary {
+        let mut summary = UpkeepSummary::default();
+        let mailboxes = match self.store.connected_mailboxes().await {
+            Ok(mailboxes) => mailboxes,
+            Err(error) => {
+                tracing::error!(%error, "token upkeep cannot list mailboxes");
+                return summary;
+            }
+        };
+        for mailbox in mailboxes {
+            let generation_before = match self.store.tokens(&mailbox).await {
+                Ok(Some(tokens)) if self.needs_refresh(&tokens, Need::Upkeep) => tokens.generation,
+                _ => continue,
+            };
+            match self.refresh(&mailbox, Need::Upkeep).await {
+                Ok(token) if token.generation != generation_before => summary.refreshed += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    summary.failed += 1;
+                    tracing::warn!(mailbox_domain = mailbox.domain(), %error, "background refresh failed");
+                }
+            }
+        }
+        summary
+    }
+
+    /// Runs [`TokenManager::upkeep`] every check interval until `shutdown`.
+    pub fn spawn_upkeep(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(self.settings.check_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => { self.upkeep().await; }
+                }
+            }
+        })
+    }
+
+    fn needs_refresh(&self, tokens: &StoredTokens, need: Need) -> bool {
+        let now = self.clock.now();
+        let remaining = tokens.access_token_expires_at - now;
+        match need {
+            Need::Usable => remaining < self.settings.refresh_margin,
+            Need::Replace {
+                rejected_generation,
+            } => tokens.generation == rejected_generation,
+            Need::Upkeep => {
+                let idle = tokens
+                    .last_refreshed_at
+                    .is_none_or(|at| now - at >= self.settings.idle_refresh_after);
+                remaining < self.settings.refresh_ahead || idle
+            }
+        }
+    }
+
+    async fn connected_tokens(
+        &self,
+        mailbox: &Mailbox,
+        tokens: Option<StoredTokens>,
+    ) -> Result<StoredTokens, TokenError> {
+        match tokens {
+            Some(tokens) if tokens.state == ConnectionState::Connected => Ok(tokens),
+            Some(tokens) if tokens.state == ConnectionState::ReauthorizationRequired => {
+                let advice = self
+                    .store
+                    .mailbox(mailbox, self.clock.now())
+                    .await?
+                    .and_then(|record| record.last_error)
+                    .unwrap_or_else(|| format!("call Connect again for {mailbox}"));
+                Err(TokenError::ReauthorizationRequired {
+                    advice: format!("{mailbox} must be reauthorized: {advice}"),
+                })
+            }
+            _ => Err(TokenError::NotConnected {
+                mailbox: mailbox.to_string(),
+            }),
+        }
+    }
+
+    fn flight(&self, mailbox: &Mailbox) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.entry(mailbox.clone()).or_default().clone()
+    }
+
+    async fn refresh(&self, mailbox: &Mailbox, need: Need) -> Result<AccessToken, TokenError> {
+        let flight = self.flight(mailbox);
+        let _in_flight = flight.lock().await;
+        let mut lock = self.store.lock_tokens(mailbox).await?;
+        let tokens = match lock.tokens().await {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                lock.release().await?;
+                return Err(error.into());
+            }
+        };
+        let tokens = match self.connected_tokens(mailbox, tokens).await {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                lock.release().await?;
+                return Err(error);
+            }
+        };
+        if !self.needs_refresh(&tokens, need) {
+            // Someone (here or on another replica) refreshed while we waited.
+            lock.release().await?;
+            return Ok(AccessToken::from_stored(&tokens));
+        }
+        let result = self.request_with_retries(&tokens.refresh_token).await;
+        let now = self.clock.now();
+        match result {
+            Ok(grant) => {
+                let refreshed = self.refreshed_tokens(mailbox, grant, &tokens);
+                lock.save_refreshed(&refreshed, now).await?;
+                lock.release().await?;
+                metrics::token_refresh("success");
+                tracing::info!(mailbox_domain = mailbox.domain(), "access token refreshed");
+                let generation = tokens.generation + 1;
+                Ok(AccessToken {
+                    secret: refreshed.access_token,
+                    expires_at: refreshed.access_token_expires_at,
+                    scopes: refreshed.scopes.unwrap_or(tokens.scopes),
+                    generation,
+                })
+            }
+            Err(error) => {
+                lock.release().await?;
+                self.refresh_failed(mailbox, &tokens, error, need).await
+            }
+        }
+    }
+
+    fn refreshed_tokens(
+        &self,
+        mailbox: &Mailbox,
+        grant: TokenGrant,
+        old: &StoredTokens,
+    ) -> RefreshedTokens {
+        let refresh_token = grant.refresh_token.unwrap_or_else(|| {
+            // Microsoft always rotates; keep the old one rather than lose the connection.
+            tracing::warn!(
+                mailbox_domain = mailbox.domain(),
+                "refresh returned no new refresh token; keeping the old one"
+            );
+            old.refresh_token.clone()
+        });
+        RefreshedTokens {
+            access_token: grant.access_token,
+            access_token_expires_at: self.clock.now() + grant.expires_in,
+            refresh_token,
+            scopes: grant.scopes.map(|scopes| {
+                let mut scopes = normalize_scopes(&scopes);
+                if !scopes.iter().any(|s| s == "offline_access") {
+                    scopes.push("offline_access".into());
+                }
+                scopes
+            }),
+        }
+    }
+
+    async fn request_with_retries(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, TokenRequestError> {
+        let mut attempt = 0;
+        loop {
+            match self.identity.refresh(refresh_token).await {
+                Err(error)
+                    if error.class() == ErrorClass::Transient
+                        && attempt + 1 < self.retry.attempts =>
+                {
+                    let delay = self.backoff(attempt);
+                    tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
+                    metrics::token_refresh("retried");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .retry
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.retry.max_delay);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+    }
+
+    async fn refresh_failed(
+        &self,
+        mailbox: &Mailbox,
+        old: &StoredTokens,
+        error: TokenRequestError,
+        need: Need,
+    ) -> Result<AccessToken, TokenError> {
+        let now = self.clock.now();
+        let advice = match &error {
+            TokenRequestError::Microsoft(e) => {
+                e.advice(mailbox.as_str(), self.identity.redirect_uri())
+            }
+            other => format!("{other} — the service keeps retrying"),
+        };
+        tracing::error!(mailbox_domain = mailbox.domain(), %error, "token refresh failed");
+        match error.class() {
+            ErrorClass::ReauthorizationRequired
+            | ErrorClass::Declined
+            | ErrorClass::CodeRejected => {
+                metrics::token_refresh("reauthorization_required");
+                self.store
+                    .mark_reauthorization_required(mailbox, &advice, now)
+                    .await?;
+                Err(TokenError::ReauthorizationRequired { advice })
+            }
+            ErrorClass::Configuration | ErrorClass::ClientSecret => {
+                metrics::token_refresh("configuration_error");
+                self.store
+                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
+                    .await?;
+                Err(TokenError::Configuration { advice })
+            }
+            ErrorClass::Transient | ErrorClass::Unknown => {
+                metrics::token_refresh("transient_error");
+                self.store
+                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
+                    .await?;
+                let still_valid = old.access_token_expires_at - now > chrono::Duration::seconds(30);
+                if still_valid && !matches!(need, Need::Replace { .. }) {
+                    tracing::warn!(
+                        mailbox_domain = mailbox.domain(),
+                        "serving the old access token while Microsoft is unavailable"
+                    );
+                    Ok(AccessToken::from_stored(old))
+                } else {
+                    Err(TokenError::Unavailable { advice })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Building and running the service.
+//!
+//! [`Application::build`] opens the store, wires the transport and binds both listeners, so a
+//! test can ask for port 0 and read the real ports before anything serves.
+//! [`Application::run_until_stopped`] serves until the shutdown future completes, then turns
+//! health NOT_SERVING, stops accepting calls, lets in-flight ones finish within the drain
+//! timeout, and stops the background tasks.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{SharedClock, SystemClock},
+    graph::GraphClient,
+    grpc,
+    health::Health,
+    http::{self, HttpState},
+    mailer::{Mailer, SecretExpiry},
+    metrics,
+    oauth::{ClientSecretProvider, ConnectFlow, IdentityClient, RefreshRetry, TokenManager},
+    settings::{AzureSettings, Settings},
+    store::{KeyOrigin, Store, TokenCipher},
+    transport::{GraphTransport, SandboxTransport, Transport},
+};
+
+/// How often the store is pinged for readiness.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expired keys and links are purged and state gauges published.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What tests may replace.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    pub clock: SharedClock,
+    pub refresh_retry: RefreshRetry,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            refresh_retry: RefreshRetry::default(),
+        }
+    }
+}
+
+/// A built, not yet running, service.
+pub struct Application {
+    settings: Settings,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    grpc_routes: tonic::service::Routes,
+    http_router: axum::Router,
+    health: Arc<Health>,
+    store: Store,
+    mailer: Arc<Mailer>,
+    tokens: Option<Arc<TokenManager>>,
+    secret: Option<Arc<ClientSecretProvider>>,
+}
+
+/// The Microsoft side, when the transport is Graph.
+struct Microsoft {
+    tokens: Arc<TokenManager>,
+    connect: Arc<ConnectFlow>,
+    secret: Arc<ClientSecretProvider>,
+    transport: Transport,
+}
+
+impl Application {
+    /// Builds with the real clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    /// Builds with test overrides.
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        let clock = overrides.clock.clone();
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
+        let store = open_store(&settings).await?;
+        let secret_expiry = SecretExpiry {
+            expires_at: settings
+                .azure
+                .as_ref()
+                .and_then(|a| a.client_secret_expires_at),
+            warning: settings
+                .azure
+                .as_ref()
+                .map(|a| a.client_secret_warning)
+                .unwrap_or_else(|| chrono::Duration::days(30)),
+        };
+        report_secret_expiry(&secret_expiry, &clock);
+        let (transport, microsoft) = match &settings.azure {
+            Some(azure) => {
+                let microsoft =
+                    wire_microsoft(&settings, azure, &store, &clock, overrides.refresh_retry)?;
+                (None, Some(microsoft))
+            }
+            None => {
+                tracing::warn!(
+                    "SANDBOX MODE: no Microsoft tenant is configured, so mail is NOT delivered; \
+                     every message is written as an .eml file under {}",
+                    settings.data_dir.join("sandbox").display()
+                );
+                (
+                    Some(Transport::Sandbox(SandboxTransport::new(
+                        &settings.data_dir,
+                        clock.clone(),
+                    ))),
+                    None,
+                )
+            }
+        };
+        let (transport, tokens, connect, secret) = match (transport, microsoft) {
+            (_, Some(m)) => (m.transport, Some(m.tokens), Some(m.connect), Some(m.secret)),
+            (Some(t), None) => (t, None, None, None),
+            (None, None) => anyhow::bail!("no transport configured"),
+        };
+        let mailer = Arc::new(Mailer::new(
+            store.clone(),
+            clock.clone(),
+            transport,
+            connect.clone(),
+            secret_expiry,
+        ));
+        let (grpc_routes, reporter) = grpc::routes(mailer.clone(), settings.max_message_bytes)
+            .context("building the gRPC services")?;
+        let health = Arc::new(Health::new(reporter));
+        let http_router = http::router(HttpState {
+            connect,
+            health: health.clone(),
+            metrics: metrics::install(),
+        });
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for gRPC on {} (GRAPH_MAILER_GRPC_ADDR)",
+                    settings.grpc_addr
+                )
+            })?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {} (GRAPH_MAILER_HTTP_ADDR)",
+                    settings.http_addr
+                )
+            })?;
+        Ok(Self {
+            settings,
+            grpc_listener,
+            http_listener,
+            grpc_routes,
+            http_router,
+            health,
+            store,
+            mailer,
+            tokens,
+            secret,
+        })
+    }
+
+    /// The bound gRPC address (the real port when 0 was asked for).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.settings.grpc_addr)
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .unwrap_or(self.settings.http_addr)
+    }
+
+    /// The refresh engine, when the transport is Graph.
+    pub fn token_manager(&self) -> Option<Arc<TokenManager>> {
+        self.tokens.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains and stops.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            grpc_listener,
+            http_listener,
+            grpc_routes,
+            http_router,
+            health,
+            store,
+            mailer,
+            tokens,
+            secret,
+        } = self;
+        let stop = CancellationToken::new();
+        health.set_store_reachable(true).await;
+        let mut background = vec![
+            health
+                .clone()
+                .spawn_monitor(store.clone(), HEALTH_INTERVAL, stop.clone()),
+            spawn_maintenance(store.clone(), mailer.clone(), stop.clone()),
+        ];
+        if let Some(tokens) = tokens {
+            background.push(tokens.spawn_upkeep(stop.clone()));
+        }
+        if let Some(secret) = secret {
+            let interval = settings
+                .azure
+                .as_ref()
+                .map(|a| a.secret_reload_interval)
+                .unwrap_or(Duration::from_secs(10));
+            background.extend(secret.spawn_watcher(interval, stop.clone()));
+        }
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let grpc_stop = stop.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(grpc_routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    grpc_stop.cancelled().await
+                }),
+        );
+        let http_stop = stop.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, http_router)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await
+        });
+        tracing::info!(
+            %grpc_addr,
+            %http_addr,
+            transport = mailer.transport_kind().as_str(),
+            version = crate::VERSION,
+            "graph-mailer serving"
+        );
+        shutdown.await;
+        // Health first, so load balancers stop sending before the listeners close.
+        health.begin_shutdown().await;
+        stop.cancel();
+        let drained = tokio::time::timeout(settings.shutdown_drain, async {
+            let grpc = grpc.await;
+            let http = http.await;
+            (grpc, http)
+        })
+        .await;
+        match drained {
+            Ok((grpc, http)) => {
+                grpc.context("gRPC server task")?.context("gRPC server")?;
+                http.context("HTTP server task")?.context("HTTP server")?;
+                tracing::info!("in-flight calls finished");
+            }
+            Err(_) => tracing::warn!(
+                seconds = settings.shutdown_drain.as_secs(),
+                "drain timeout: stopping with calls still in flight"
+            ),
+        }
+        for task in background {
+            task.abort();
+        }
+        store.close().await;
+        tracing::info!("graph-mailer stopped");
+        Ok(())
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let (cipher, origin) = TokenCipher::load(&settings.encryption_key)?;
+    match origin {
+        KeyOrigin::GeneratedFile(path) => tracing::warn!(
+            path,
+            "generated a new encryption key for stored tokens; keep it (and back it up): without it \
+             the stored connections cannot be read. Set GRAPH_MAILER_ENCRYPTION_KEY(_FILE) to share \
+             it between replicas"
+        ),
+        KeyOrigin::ExistingFile(path) => tracing::info!(path, "encryption key loaded"),
+        KeyOrigin::Configured => {}
+    }
+    let store = Store::open(&settings.database_url, cipher)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the store at {}",
+                settings.database_url.redacted()
+            )
+        })?;
+    tracing::info!(backend = ?store.backend(), "store open, migrations current");
+    Ok(store)
+}
+
+fn wire_microsoft(
+    settings: &Settings,
+    azure: &AzureSettings,
+    store: &Store,
+    clock: &SharedClock,
+    refresh_retry: RefreshRetry,
+) -> anyhow::Result<Microsoft> {
+    let secret =
+        Arc::new(ClientSecretProvider::load(&azure.client_secret).map_err(anyhow::Error::msg)?);
+    let identity = Arc::new(IdentityClient::new(
+        IdentityClient::http_client().context("building the identity platform's HTTP client")?,
+        settings.authority_url.clone(),
+        azure,
+        settings.public_url.redirect_uri(),
+        secret.clone(),
+    ));
+    let tokens = Arc::new(TokenManager::new(
+        store.clone(),
+        identity.clone(),
+        clock.clone(),
+        settings.tokens.clone(),
+        refresh_retry,
+    ));
+    let connect = Arc::new(ConnectFlow::new(identity, store.clone(), clock.clone()));
+    let graph = GraphClient::new(
+        GraphClient::http_client(
+            settings.graph.connect_timeout,
+            settings.graph.request_timeout,
+        )
+        .context("building the Graph HTTP client")?,
+        settings.graph_url.clone(),
+    );
+    let transport = Transport::Graph(Box::new(GraphTransport::new(
+        graph,
+        tokens.clone(),
+        clock.clone(),
+        settings.graph.clone(),
+    )));
+    tracing::info!(
+        tenant = %azure.tenant,
+        redirect_uri = settings.public_url.redirect_uri(),
+        scopes = azure.scopes.names().join(" "),
+        "Graph transport ready"
+    );
+    Ok(Microsoft {
+        tokens,
+        connect,
+        secret,
+        transport,
+    })
+}
+
+fn report_secret_expiry(expiry: &SecretExpiry, clock: &SharedClock) {
+    if let Some(at) = expiry.expires_at {
+        metrics::install();
+        metrics::client_secret_expiry(at.timestamp());
+    }
+    let now = clock.now();
+    match expiry.warning(now) {
+        Some(warning) if expiry.expired(now) => tracing::error!("{warning}"),
+        Some(warning) => tracing::warn!("{warning}"),
+        None => {}
+    }
+}
+
+fn spawn_maintenance(
+    store: Store,
+    mailer: Arc<Mailer>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            match store.purge_expired(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(purged) => {
+                    tracing::debug!(purged, "expired idempotency keys and sign-in links purged")
+                }
+                Err(error) => tracing::warn!(%error, "purging expired rows failed"),
+            }
+            if let Err(error) = mailer.refresh_state_metrics().await {
+                tracing::warn!(%error, "cannot publish mailbox state metrics");
+            }
+        }
+    })
+}

@@ -1,0 +1,110 @@
+//! The sandbox transport: each message becomes an RFC 5322 `.eml` file under
+//! `DATA_DIR/sandbox/<mailbox>/<timestamp>-<message_id>.eml`, built by the same MIME builder the
+//! Graph transport uses. Nothing is delivered.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    clock::SharedClock,
+    domain::{Mailbox, OutgoingMessage},
+    mailer::MailerError,
+    mime::{self, AttachmentSelection, Envelope},
+};
+
+/// Writes messages to files.
+#[derive(Debug)]
+pub struct SandboxTransport {
+    root: PathBuf,
+    clock: SharedClock,
+}
+
+impl SandboxTransport {
+    /// A sandbox writing under `data_dir/sandbox`.
+    pub fn new(data_dir: &Path, clock: SharedClock) -> Self {
+        Self {
+            root: data_dir.join("sandbox"),
+            clock,
+        }
+    }
+
+    /// The folder a mailbox's messages go to.
+    pub fn mailbox_dir(&self, mailbox: &Mailbox) -> PathBuf {
+        self.root.join(safe_file_name(mailbox.as_str()))
+    }
+
+    /// Writes the message; the file appears complete or not at all.
+    pub async fn send(
+        &self,
+        mailbox: &Mailbox,
+        message: &OutgoingMessage,
+        message_id: &str,
+    ) -> Result<DateTime<Utc>, MailerError> {
+        let now = self.clock.now();
+        let dir = self.mailbox_dir(mailbox);
+        let file = dir.join(format!(
+            "{}-{}.eml",
+            now.format("%Y%m%dT%H%M%S%.3fZ"),
+            safe_file_name(message_id)
+        ));
+        let message = message.clone();
+        let mailbox = mailbox.clone();
+        let message_id = message_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let raw = mime::build(
+                &message,
+                Envelope {
+                    from: &mailbox,
+                    message_id: &message_id,
+                    date: now,
+                },
+                AttachmentSelection::All,
+            );
+            write_atomically(&dir, &file, &raw)
+        })
+        .await
+        .map_err(|e| MailerError::Internal(format!("sandbox writer failed: {e}")))?
+        .map_err(|e| {
+            MailerError::unavailable(format!("the sandbox cannot write its .eml file: {e}"))
+        })?;
+        Ok(now)
+    }
+}
+
+fn write_atomically(dir: &Path, file: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let partial = file.with_extension("eml.partial");
+    std::fs::write(&partial, contents)?;
+    std::fs::rename(&partial, file)
+}
+
+/// Keeps file names to a harmless alphabet: an address's local part may legally contain `/`.
+fn safe_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_cannot_escape_the_sandbox() {
+        assert_eq!(
+            safe_file_name("\"../../etc\"@example.com"),
+            "_.._.._etc_@example.com"
+        );
+        assert_eq!(safe_file_name("..hidden@x.y"), "hidden@x.y");
+        assert_eq!(safe_file_name("a/b@x.y"), "a_b@x.y");
+    }
+}
