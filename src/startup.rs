@@ -33,10 +33,12 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What tests may replace.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Overrides {
     pub clock: SharedClock,
     pub refresh_retry: RefreshRetry,
+    /// A listener bound in advance (so the public URL can name its port before the build).
+    pub http_listener: Option<TcpListener>,
 }
 
 impl Default for Overrides {
@@ -44,6 +46,7 @@ impl Default for Overrides {
         Self {
             clock: Arc::new(SystemClock),
             refresh_retry: RefreshRetry::default(),
+            http_listener: None,
         }
     }
 }
@@ -144,14 +147,17 @@ impl Application {
                     settings.grpc_addr
                 )
             })?;
-        let http_listener = TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen for HTTP on {} (GRAPH_MAILER_HTTP_ADDR)",
-                    settings.http_addr
-                )
-            })?;
+        let http_listener = match overrides.http_listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(settings.http_addr)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen for HTTP on {} (GRAPH_MAILER_HTTP_ADDR)",
+                        settings.http_addr
+                    )
+                })?,
+        };
         Ok(Self {
             settings,
             grpc_listener,

@@ -1,0 +1,6 @@
+//! Black-box tests: the real service on port 0, called through a generated gRPC client, with
+//! Microsoft replaced by faithful fakes over real HTTP on loopback.
+
+mod support;
+
+mod api;
