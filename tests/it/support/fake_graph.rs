@@ -913,7 +913,7 @@ async fn upload_chunk(
     let last = end + 1 == total;
     let chunk_ok = body.len() == end - start + 1
         && body.len() <= MAX_BODY
-        && (last || body.len() % CHUNK_UNIT == 0)
+        && (last || body.len().is_multiple_of(CHUNK_UNIT))
         && start == upload.received.len()
         && total == upload.attachment.size;
     if !chunk_ok {
