@@ -4,3 +4,5 @@
 mod support;
 
 mod api;
+mod connect;
+mod refresh;

@@ -108,6 +108,11 @@ impl AppBuilder {
     }
 
     pub async fn start(self) -> TestApp {
+        self.try_start().await.unwrap()
+    }
+
+    /// Builds and starts, returning a start-up error instead of panicking.
+    pub async fn try_start(self) -> anyhow::Result<TestApp> {
         init_logs();
         let (data_dir, temp) = match self.data_dir {
             Some(d) => d,
@@ -195,7 +200,7 @@ impl AppBuilder {
             }),
             http_listener: Some(http_listener),
         };
-        let application = Application::build_with(settings, overrides).await.unwrap();
+        let application = Application::build_with(settings, overrides).await?;
         let grpc_addr = application.grpc_addr();
         let store = application.store();
         let tokens = application.token_manager();
@@ -211,7 +216,7 @@ impl AppBuilder {
         let grpc = MailerClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
-        TestApp {
+        Ok(TestApp {
             grpc,
             grpc_addr,
             http_base: format!("http://{http_addr}"),
@@ -222,7 +227,7 @@ impl AppBuilder {
             _temp: temp,
             shutdown: Some(shutdown),
             task: Some(task),
-        }
+        })
     }
 }
 
