@@ -214,6 +214,8 @@ impl Mailer {
         match result {
             Ok(accepted_at) => {
                 tracing::info!(message_id, mailbox_domain = mailbox.domain(), "accepted");
+                // The store keeps milliseconds: a deduplicated answer must match this one.
+                let accepted_at = crate::clock::from_millis(accepted_at.timestamp_millis());
                 if let Err(error) = self.store.record_sent(mailbox, accepted_at).await {
                     tracing::error!(message_id, %error, "message accepted but its counter was not updated");
                 }

@@ -5,4 +5,6 @@ mod support;
 
 mod api;
 mod connect;
+mod idempotency;
 mod refresh;
+mod send;
