@@ -27,8 +27,6 @@ use crate::{
     transport::{GraphTransport, SandboxTransport, Transport},
 };
 
-/// How often the store is pinged for readiness.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often expired keys and links are purged and state gauges published.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -66,11 +64,12 @@ pub struct Application {
 }
 
 /// The Microsoft side, when the transport is Graph.
-struct Microsoft {
-    tokens: Arc<TokenManager>,
-    connect: Arc<ConnectFlow>,
-    secret: Arc<ClientSecretProvider>,
-    transport: Transport,
+pub(crate) struct Microsoft {
+    pub(crate) identity: Arc<IdentityClient>,
+    pub(crate) tokens: Arc<TokenManager>,
+    pub(crate) connect: Arc<ConnectFlow>,
+    pub(crate) secret: Arc<ClientSecretProvider>,
+    pub(crate) transport: Transport,
 }
 
 impl Application {
@@ -97,12 +96,14 @@ impl Application {
                 .map(|a| a.client_secret_warning)
                 .unwrap_or_else(|| chrono::Duration::days(30)),
         };
-        report_secret_expiry(&secret_expiry, &clock);
-        let (transport, microsoft) = match &settings.azure {
+        let metrics = metrics::install();
+        if let Some(at) = secret_expiry.expires_at {
+            metrics::client_secret_expiry(at.timestamp());
+        }
+        let (transport, tokens, connect, secret) = match &settings.azure {
             Some(azure) => {
-                let microsoft =
-                    wire_microsoft(&settings, azure, &store, &clock, overrides.refresh_retry)?;
-                (None, Some(microsoft))
+                let m = wire_microsoft(&settings, azure, &store, &clock, overrides.refresh_retry)?;
+                (m.transport, Some(m.tokens), Some(m.connect), Some(m.secret))
             }
             None => {
                 tracing::warn!(
@@ -110,19 +111,9 @@ impl Application {
                      every message is written as an .eml file under {}",
                     settings.data_dir.join("sandbox").display()
                 );
-                (
-                    Some(Transport::Sandbox(SandboxTransport::new(
-                        &settings.data_dir,
-                        clock.clone(),
-                    ))),
-                    None,
-                )
+                let sandbox = SandboxTransport::new(&settings.data_dir, clock.clone());
+                (Transport::Sandbox(sandbox), None, None, None)
             }
-        };
-        let (transport, tokens, connect, secret) = match (transport, microsoft) {
-            (_, Some(m)) => (m.transport, Some(m.tokens), Some(m.connect), Some(m.secret)),
-            (Some(t), None) => (t, None, None, None),
-            (None, None) => anyhow::bail!("no transport configured"),
         };
         let mailer = Arc::new(Mailer::new(
             store.clone(),
@@ -137,7 +128,7 @@ impl Application {
         let http_router = http::router(HttpState {
             connect,
             health: health.clone(),
-            metrics: metrics::install(),
+            metrics,
         });
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -218,8 +209,8 @@ impl Application {
         let mut background = vec![
             health
                 .clone()
-                .spawn_monitor(store.clone(), HEALTH_INTERVAL, stop.clone()),
-            spawn_maintenance(store.clone(), mailer.clone(), stop.clone()),
+                .spawn_monitor(store.clone(), settings.health_interval, stop.clone()),
+            spawn_maintenance(mailer.clone(), stop.clone()),
         ];
         if let Some(tokens) = tokens {
             background.push(tokens.spawn_upkeep(stop.clone()));
@@ -309,7 +300,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-fn wire_microsoft(
+pub(crate) fn wire_microsoft(
     settings: &Settings,
     azure: &AzureSettings,
     store: &Store,
@@ -332,7 +323,11 @@ fn wire_microsoft(
         settings.tokens.clone(),
         refresh_retry,
     ));
-    let connect = Arc::new(ConnectFlow::new(identity, store.clone(), clock.clone()));
+    let connect = Arc::new(ConnectFlow::new(
+        identity.clone(),
+        store.clone(),
+        clock.clone(),
+    ));
     let graph = GraphClient::new(
         GraphClient::http_client(
             settings.graph.connect_timeout,
@@ -354,6 +349,7 @@ fn wire_microsoft(
         "Graph transport ready"
     );
     Ok(Microsoft {
+        identity,
         tokens,
         connect,
         secret,
@@ -361,40 +357,13 @@ fn wire_microsoft(
     })
 }
 
-fn report_secret_expiry(expiry: &SecretExpiry, clock: &SharedClock) {
-    if let Some(at) = expiry.expires_at {
-        metrics::install();
-        metrics::client_secret_expiry(at.timestamp());
-    }
-    let now = clock.now();
-    match expiry.warning(now) {
-        Some(warning) if expiry.expired(now) => tracing::error!("{warning}"),
-        Some(warning) => tracing::warn!("{warning}"),
-        None => {}
-    }
-}
-
-fn spawn_maintenance(
-    store: Store,
-    mailer: Arc<Mailer>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_maintenance(mailer: Arc<Mailer>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            match store.purge_expired(chrono::Utc::now()).await {
-                Ok(0) => {}
-                Ok(purged) => {
-                    tracing::debug!(purged, "expired idempotency keys and sign-in links purged")
-                }
-                Err(error) => tracing::warn!(%error, "purging expired rows failed"),
-            }
-            if let Err(error) = mailer.refresh_state_metrics().await {
-                tracing::warn!(%error, "cannot publish mailbox state metrics");
+                _ = ticker.tick() => mailer.maintain().await,
             }
         }
     })

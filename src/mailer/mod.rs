@@ -96,6 +96,7 @@ pub struct Mailer {
     transport: Transport,
     connect: Option<Arc<ConnectFlow>>,
     secret_expiry: SecretExpiry,
+    secret_warned_on: std::sync::Mutex<Option<chrono::NaiveDate>>,
 }
 
 impl Mailer {
@@ -112,6 +113,7 @@ impl Mailer {
             transport,
             connect,
             secret_expiry,
+            secret_warned_on: std::sync::Mutex::new(None),
         }
     }
 
@@ -307,11 +309,43 @@ impl Mailer {
         Ok(())
     }
 
-    /// Publishes the mailbox-state gauge (also called periodically by the service).
-    pub async fn refresh_state_metrics(&self) -> Result<(), MailerError> {
-        let all = self.store.mailboxes(self.clock.now()).await?;
-        publish_state_counts(&all);
-        Ok(())
+    /// Periodic upkeep: purges expired keys and links, publishes the mailbox-state gauge, and
+    /// repeats the client secret's expiry warning once a day.
+    pub async fn maintain(&self) {
+        let now = self.clock.now();
+        match self.store.purge_expired(now).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::debug!(purged, "expired idempotency keys and sign-in links purged")
+            }
+            Err(error) => tracing::warn!(%error, "purging expired rows failed"),
+        }
+        match self.store.mailboxes(now).await {
+            Ok(all) => publish_state_counts(&all),
+            Err(error) => tracing::warn!(%error, "cannot publish mailbox state metrics"),
+        }
+        self.warn_about_secret_expiry();
+    }
+
+    /// Logs the client secret's expiry warning (error once expired), at most once a day.
+    pub fn warn_about_secret_expiry(&self) {
+        let now = self.clock.now();
+        let Some(warning) = self.secret_expiry.warning(now) else {
+            return;
+        };
+        let mut last = self
+            .secret_warned_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == Some(now.date_naive()) {
+            return;
+        }
+        *last = Some(now.date_naive());
+        if self.secret_expiry.expired(now) {
+            tracing::error!("{warning}");
+        } else {
+            tracing::warn!("{warning}");
+        }
     }
 }
 

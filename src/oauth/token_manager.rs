@@ -83,6 +83,8 @@ enum Need {
     Replace { rejected_generation: i64 },
     /// Background upkeep: expiring within the look-ahead, or idle for too long.
     Upkeep,
+    /// Refresh regardless (`check` proves the refresh token works).
+    Now,
 }
 
 /// How transient refresh failures are retried.
@@ -166,6 +168,11 @@ impl TokenManager {
         .await
     }
 
+    /// Refreshes now, whatever the token's age: proves that Microsoft still honours the grant.
+    pub async fn refresh_now(&self, mailbox: &Mailbox) -> Result<AccessToken, TokenError> {
+        self.refresh(mailbox, Need::Now).await
+    }
+
     /// Refreshes what is due: tokens expiring soon and connections idle for too long.
     pub async fn upkeep(&self) -> UpkeepSummary {
         let mut summary = UpkeepSummary::default();
@@ -224,6 +231,7 @@ impl TokenManager {
                     .is_none_or(|at| now - at >= self.settings.idle_refresh_after);
                 remaining < self.settings.refresh_ahead || idle
             }
+            Need::Now => true,
         }
     }
 

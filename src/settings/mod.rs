@@ -132,6 +132,8 @@ pub struct Settings {
     pub graph: GraphSettings,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_drain: Duration,
+    /// How often the store is pinged for readiness.
+    pub health_interval: Duration,
     /// Values that work but are probably mistakes.
     pub warnings: Vec<String>,
 }
@@ -240,6 +242,7 @@ impl Settings {
             },
             graph,
             shutdown_drain: Duration::from_secs(raw.shutdown_drain_seconds),
+            health_interval: Duration::from_secs(raw.health_interval_seconds.max(1)),
             warnings,
         })
     }

@@ -57,6 +57,7 @@ pub struct RawSettings {
     pub mailbox_concurrency: u64,
     pub concurrency_wait_seconds: u64,
     pub shutdown_drain_seconds: u64,
+    pub health_interval_seconds: u64,
 }
 
 impl Default for RawSettings {
@@ -93,6 +94,7 @@ impl Default for RawSettings {
             mailbox_concurrency: 4,
             concurrency_wait_seconds: 30,
             shutdown_drain_seconds: 30,
+            health_interval_seconds: 5,
         }
     }
 }

@@ -75,6 +75,31 @@ impl Store {
     /// Connects, runs the migrations and verifies that `cipher` is the key the store was
     /// written with.
     pub async fn open(url: &DatabaseUrl, cipher: TokenCipher) -> Result<Self, StoreError> {
+        let store = Self::connect(url, cipher).await?;
+        store.migrator().run(&store.pool).await?;
+        store.verify_key().await?;
+        Ok(store)
+    }
+
+    /// Connects without changing the schema (for `check`): returns the store and how many
+    /// migrations it lacks. The key is verified only when the schema is current.
+    pub async fn open_without_migrating(
+        url: &DatabaseUrl,
+        cipher: TokenCipher,
+    ) -> Result<(Self, usize), StoreError> {
+        let store = Self::connect(url, cipher).await?;
+        let pending = match store.pending_migrations().await {
+            Ok(pending) => pending,
+            // No migrations table: a database graph-mailer never started on.
+            Err(_) => store.migrator().iter().count(),
+        };
+        if pending == 0 {
+            store.verify_key().await?;
+        }
+        Ok((store, pending))
+    }
+
+    async fn connect(url: &DatabaseUrl, cipher: TokenCipher) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = backend_of(url.expose())?;
         if backend == Backend::Sqlite {
@@ -89,14 +114,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        let store = Self {
+        Ok(Self {
             pool,
             backend,
             cipher: Arc::new(cipher),
-        };
-        store.migrator().run(&store.pool).await?;
-        store.verify_key().await?;
-        Ok(store)
+        })
     }
 
     fn migrator(&self) -> &'static Migrator {

@@ -6,5 +6,7 @@ mod support;
 mod api;
 mod connect;
 mod idempotency;
+mod operations;
+mod process;
 mod refresh;
 mod send;

@@ -1,0 +1,319 @@
+//! The binary as operators run it: SIGTERM, JSON logs, `healthcheck`, `check`.
+
+use std::{
+    io::Read,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use graph_mailer::proto::{self, mailer_client::MailerClient};
+
+use crate::support::{
+    MAILBOX, Microsoft, browse,
+    fake_graph::Scripted,
+    fake_identity::{CLIENT_ID, CLIENT_SECRET, TENANT},
+    simple_message,
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_graph-mailer");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Service {
+    child: Child,
+    grpc_port: u16,
+    http_port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Service {
+    fn spawn(env: &[(&str, String)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GRAPH_MAILER_DATA_DIR", data.path())
+            .env("GRAPH_MAILER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("GRAPH_MAILER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env(
+                "GRAPH_MAILER_PUBLIC_URL",
+                format!("http://127.0.0.1:{http_port}"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(format!("GRAPH_MAILER_{name}"), value);
+        }
+        Self {
+            child: command.spawn().unwrap(),
+            grpc_port,
+            http_port,
+            _data: data,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) =
+                reqwest::get(format!("http://127.0.0.1:{}/readyz", self.http_port)).await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not become ready");
+    }
+
+    async fn client(&self) -> MailerClient<tonic::transport::Channel> {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        MailerClient::new(channel)
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit; returns the exit code and everything written to stdout and stderr.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the service did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut output = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut output)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut output)
+            .unwrap();
+        (status.code(), output)
+    }
+}
+
+fn graph_env(ms: &Microsoft) -> Vec<(&'static str, String)> {
+    vec![
+        ("TENANT_ID", TENANT.to_owned()),
+        ("CLIENT_ID", CLIENT_ID.to_owned()),
+        ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+        ("AUTHORITY_URL", ms.identity.base_url.clone()),
+        ("GRAPH_URL", ms.graph.base_url.clone()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_sends_and_json_logs_carry_no_secret() {
+    let ms = Microsoft::start().await;
+    let mut env = graph_env(&ms);
+    env.push(("SHUTDOWN_DRAIN_SECONDS", "10".to_owned()));
+    let service = Service::spawn(&env);
+    ms.identity.register_redirect_uri(&format!(
+        "http://127.0.0.1:{}/oauth2/callback",
+        service.http_port
+    ));
+    service.wait_ready().await;
+    let mut client = service.client().await;
+
+    let link = client
+        .connect(proto::ConnectRequest {
+            mailbox: MAILBOX.into(),
+            force_consent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, page) = browse(&link.authorization_url).await;
+    assert_eq!(status, 200, "{page}");
+    let sent = client
+        .send_mail(simple_message(MAILBOX))
+        .await
+        .unwrap()
+        .into_inner();
+    ms.graph
+        .script("sendMail", [Scripted::error(400, "ErrorInvalidRecipients")]);
+    client.send_mail(simple_message(MAILBOX)).await.unwrap_err();
+    ms.identity.sign_in_as("admin@contoso.com");
+    let (status, _) = browse(
+        &client
+            .connect(proto::ConnectRequest {
+                mailbox: MAILBOX.into(),
+                force_consent: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .authorization_url,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // A slow send is in flight when SIGTERM arrives: it completes, then the process exits 0.
+    ms.graph.set_latency(Duration::from_millis(1500));
+    let mut slow = client.clone();
+    let in_flight = tokio::spawn(async move { slow.send_mail(simple_message(MAILBOX)).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    service.terminate();
+    let response = in_flight.await.unwrap();
+    assert!(
+        response.is_ok(),
+        "the in-flight call finished: {response:?}"
+    );
+    let (code, output) = tokio::task::spawn_blocking(move || service.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(ms.graph.delivered().len(), 2);
+
+    let mut lines = 0;
+    let mut with_message_id = false;
+    let mut with_rpc_duration = false;
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for field in ["timestamp", "level", "target"] {
+            assert!(value.get(field).is_some(), "{field} missing in {line}");
+        }
+        lines += 1;
+        with_message_id |=
+            line.contains(&sent.message_id) && line.contains("\"mailbox_domain\":\"contoso.com\"");
+        with_rpc_duration |= value.get("rpc").is_some() && value.get("duration_ms").is_some();
+    }
+    assert!(lines > 10, "{output}");
+    assert!(
+        with_message_id,
+        "a line names the message id and the mailbox's domain"
+    );
+    assert!(with_rpc_duration, "RPC lines carry their name and duration");
+    let mut secrets = vec![
+        CLIENT_SECRET.to_owned(),
+        "bob@example.com".to_owned(),
+        MAILBOX.to_owned(),
+        "admin@contoso.com".to_owned(),
+    ];
+    secrets.extend(ms.identity.issued_access_tokens());
+    secrets.extend(ms.identity.issued_refresh_tokens());
+    secrets.extend(ms.identity.issued_codes());
+    assert!(secrets.len() > 8);
+    for secret in secrets {
+        assert!(!output.contains(&secret), "{secret} appears in the logs");
+    }
+}
+
+#[tokio::test]
+async fn healthcheck_exits_zero_only_while_the_service_serves() {
+    let service = Service::spawn(&[]);
+    service.wait_ready().await;
+    let addr = format!("127.0.0.1:{}", service.grpc_port);
+    let healthy = Command::new(BINARY)
+        .args(["healthcheck", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&healthy.stdout).trim(), "SERVING");
+    service.terminate();
+    let (code, output) = tokio::task::spawn_blocking(move || service.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("SANDBOX MODE"), "the sandbox warns loudly");
+    let gone = Command::new(BINARY)
+        .args(["healthcheck", "--addr", &addr, "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn check_prints_json_and_exits_non_zero_on_a_failure() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(BINARY);
+        command
+            .env_clear()
+            .env("GRAPH_MAILER_DATA_DIR", data.path())
+            .args(["check", "--json"]);
+        for (k, v) in env {
+            command.env(format!("GRAPH_MAILER_{k}"), v);
+        }
+        command.output().unwrap()
+    };
+    let sandbox = run(&[]);
+    assert!(
+        sandbox.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sandbox.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&sandbox.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+
+    let broken = run(&[
+        ("TENANT_ID", "common"),
+        ("CLIENT_ID", "my-app"),
+        ("CLIENT_SECRET", "x"),
+    ]);
+    assert_eq!(broken.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&broken.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let text = report.to_string();
+    assert!(
+        text.contains("AADSTS50194") && text.contains("Application (client) ID"),
+        "{text}"
+    );
+}
+
+#[test]
+fn help_explains_the_commands_and_settings() {
+    let output = Command::new(BINARY).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "serve",
+        "check",
+        "healthcheck",
+        "--config",
+        "GRAPH_MAILER_TENANT_ID",
+        "GRAPH_MAILER_DATABASE_URL",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from --help");
+    }
+    let bad = Command::new(BINARY)
+        .env_clear()
+        .env("GRAPH_MAILER_GRPC_ADDR", "nowhere")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("GRAPH_MAILER_GRPC_ADDR"));
+}
