@@ -1,0 +1,87 @@
+// A small graph-mailer client in Node.js: what every calling service needs.
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO = path.join(__dirname, '..', '..', 'proto', 'graphmailer', 'v1', 'mailer.proto');
+
+const definition = protoLoader.loadSync(PROTO, {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [path.join(__dirname, '..', '..', 'proto')],
+});
+const { graphmailer } = grpc.loadPackageDefinition(definition);
+
+/** FAILED_PRECONDITION: an operator must act (connect the mailbox, add a permission). */
+class SetupRequired extends Error {}
+
+/** A Mailer client on a plaintext channel (use TLS between hosts). */
+function client(address) {
+  return new graphmailer.v1.Mailer(address, grpc.credentials.createInsecure());
+}
+
+function call(mailer, method, request, deadlineSeconds = 60) {
+  const deadline = new Date(Date.now() + deadlineSeconds * 1000);
+  return new Promise((resolve, reject) => {
+    mailer[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Sends with retries on UNAVAILABLE and RESOURCE_EXHAUSTED. Give the request an
+ * idempotency_key: then a retry after a lost answer cannot send twice. FAILED_PRECONDITION is
+ * not retried: it needs a person.
+ */
+async function sendMail(mailer, request, { attempts = 5, deadlineSeconds = 60 } = {}) {
+  let delay = 500;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await call(mailer, 'SendMail', request, deadlineSeconds);
+    } catch (error) {
+      if (error.code === grpc.status.FAILED_PRECONDITION) throw new SetupRequired(error.details);
+      const retryable = error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.RESOURCE_EXHAUSTED;
+      if (!retryable || attempt >= attempts) throw error;
+      await sleep(delay);
+      delay = Math.min(delay * 2, 30000);
+    }
+  }
+}
+
+/** A message with an attachment and an idempotency key. */
+function invoiceMail(mailbox, to, pdf, key) {
+  return {
+    mailbox,
+    to: [{ address: to, name: 'Customer' }],
+    subject: 'Your invoice',
+    text_body: 'Your invoice is attached.',
+    html_body: '<p>Your invoice is attached.</p>',
+    attachments: [{ filename: 'invoice.pdf', content_type: 'application/pdf', content: pdf }],
+    headers: { 'X-Invoice': key },
+    idempotency_key: key,
+  };
+}
+
+/** Starts connecting a mailbox; returns the link its owner must open. */
+async function connect(mailer, mailbox) {
+  try {
+    const response = await call(mailer, 'Connect', { mailbox });
+    return response.authorization_url;
+  } catch (error) {
+    if (error.code === grpc.status.FAILED_PRECONDITION) throw new SetupRequired(error.details);
+    throw error;
+  }
+}
+
+/** The service's status. */
+function status(mailer, mailbox = '') {
+  return call(mailer, 'Status', { mailbox });
+}
+
+module.exports = { client, sendMail, invoiceMail, connect, status, SetupRequired, grpc };
