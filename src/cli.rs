@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init(settings.log_format, LogTarget::Stdout);
+            let _flush_logs_at_exit = telemetry::init(settings.log_format, LogTarget::Stdout);
             match serve(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

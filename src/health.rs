@@ -1,6 +1,8 @@
 //! Whether the service can do its job, told the same way to gRPC health checks and `/readyz`.
 //!
-//! Ready means: not shutting down, and the store answers. A mailbox that needs reauthorization
+//! Ready (`graphmailer.v1.Mailer`, `/readyz`) means: not shutting down, and the store answers.
+//! Alive (`""`, `/healthz`) means the process answers; only shutdown ends it, so a database
+//! outage makes replicas unready without getting them restarted. A mailbox that needs reauthorization
 //! does not make the service unready (the others still send); Status and metrics report it.
 
 use std::{
@@ -59,7 +61,8 @@ impl Health {
     }
 
     async fn publish(&self) {
-        grpc::set_serving(&self.reporter, self.is_ready()).await;
+        let alive = !self.shutting_down.load(Ordering::SeqCst);
+        grpc::set_serving(&self.reporter, alive, self.is_ready()).await;
     }
 
     /// Pings the store every `interval` until `shutdown`.

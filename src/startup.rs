@@ -10,7 +10,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -29,6 +28,8 @@ use crate::{
 
 /// How often expired keys and links are purged and state gauges published.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often buffered send counters are written to the store.
+const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What tests may replace.
 #[derive(Debug)]
@@ -211,6 +212,7 @@ impl Application {
                 .clone()
                 .spawn_monitor(store.clone(), settings.health_interval, stop.clone()),
             spawn_maintenance(mailer.clone(), stop.clone()),
+            spawn_counter_flush(mailer.clone(), stop.clone()),
         ];
         if let Some(tokens) = tokens {
             background.push(tokens.spawn_upkeep(stop.clone()));
@@ -229,9 +231,12 @@ impl Application {
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(grpc_routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                    grpc_stop.cancelled().await
-                }),
+                .serve_with_incoming_shutdown(
+                    // Small gRPC answers must not wait for delayed ACKs (Nagle).
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
+                    async move { grpc_stop.cancelled().await },
+                ),
         );
         let http_stop = stop.clone();
         let http = tokio::spawn(async move {
@@ -270,6 +275,7 @@ impl Application {
         for task in background {
             task.abort();
         }
+        mailer.flush_counters().await;
         store.close().await;
         tracing::info!("graph-mailer stopped");
         Ok(())
@@ -354,6 +360,22 @@ pub(crate) fn wire_microsoft(
         connect,
         secret,
         transport,
+    })
+}
+
+/// Writes buffered send counters every second.
+fn spawn_counter_flush(
+    mailer: Arc<Mailer>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(COUNTER_FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => mailer.flush_counters().await,
+            }
+        }
     })
 }
 

@@ -63,12 +63,20 @@ struct UploadSession {
 pub struct GraphClient {
     http: reqwest::Client,
     base: Url,
+    /// Parsed once: `POST /me/sendMail` is on every message's path.
+    send_mail_url: Url,
 }
 
 impl GraphClient {
     /// A client on `base` (such as `https://graph.microsoft.com`).
     pub fn new(http: reqwest::Client, base: Url) -> Self {
-        Self { http, base }
+        let send_mail = format!("{}/v1.0/me/sendMail", base.as_str().trim_end_matches('/'));
+        let send_mail_url = Url::parse(&send_mail).unwrap_or_else(|_| base.clone());
+        Self {
+            http,
+            base,
+            send_mail_url,
+        }
     }
 
     /// The HTTP client Graph needs: TLS (rustls), connect and request timeouts, no redirects.
@@ -101,7 +109,7 @@ impl GraphClient {
     ) -> Result<(), GraphCallError> {
         let request = self
             .http
-            .post(self.url("sendMail"))
+            .post(self.send_mail_url.clone())
             .header(header::CONTENT_TYPE, payload.content_type())
             .body(payload.bytes().clone());
         self.execute("sendMail", authorized(request, token, request_id))

@@ -44,15 +44,18 @@ pub fn routes(
     Ok((routes, reporter))
 }
 
-/// Marks the whole server and the Mailer service as serving (or not).
-pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
+/// Publishes health: `""` (the process, for liveness probes) and `graphmailer.v1.Mailer`
+/// (whether it can do its job, for readiness probes).
+pub async fn set_serving(reporter: &HealthReporter, alive: bool, ready: bool) {
+    let status = |serving| {
+        if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
     };
-    reporter.set_service_status("", status).await;
+    reporter.set_service_status("", status(alive)).await;
     reporter
-        .set_service_status(proto::SERVICE_NAME, status)
+        .set_service_status(proto::SERVICE_NAME, status(ready))
         .await;
 }

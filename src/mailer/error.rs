@@ -86,7 +86,10 @@ impl From<StoreError> for MailerError {
         match error {
             StoreError::Undecryptable(_) => Self::FailedPrecondition(error.to_string()),
             other => {
-                tracing::error!(error = %other, "store failure");
+                tracing::error!(
+                    error = crate::telemetry::redact_addresses(&other.to_string()),
+                    "store failure"
+                );
                 Self::unavailable(format!("graph-mailer's store is unavailable: {other}"))
             }
         }

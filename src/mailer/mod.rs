@@ -5,6 +5,7 @@
 
 mod error;
 mod idempotency;
+mod tally;
 
 use std::{sync::Arc, time::Instant};
 
@@ -97,6 +98,7 @@ pub struct Mailer {
     connect: Option<Arc<ConnectFlow>>,
     secret_expiry: SecretExpiry,
     secret_warned_on: std::sync::Mutex<Option<chrono::NaiveDate>>,
+    tallies: tally::Tallies,
 }
 
 impl Mailer {
@@ -114,6 +116,7 @@ impl Mailer {
             connect,
             secret_expiry,
             secret_warned_on: std::sync::Mutex::new(None),
+            tallies: tally::Tallies::default(),
         }
     }
 
@@ -144,7 +147,15 @@ impl Mailer {
         let started = Instant::now();
         let _in_flight = metrics::InFlight::start();
         let mailbox = self.resolve_mailbox(request.mailbox.clone()).await?;
-        let result = self.send_as(&mailbox, &request).await;
+        let message_id = uuid::Uuid::now_v7().to_string();
+        // A debug span: at the default level events name the message themselves, and a span per
+        // message would cost as much as the log line.
+        let span = tracing::debug_span!("send", message_id, mailbox_domain = mailbox.domain());
+        let result = self
+            .send_with_id(&mailbox, &request, message_id.clone())
+            .instrument(span)
+            .await;
+        let duration = started.elapsed();
         let (outcome, code) = match &result {
             Ok(receipt) if receipt.deduplicated => ("deduplicated", "OK"),
             Ok(_) => ("sent", "OK"),
@@ -154,22 +165,11 @@ impl Mailer {
             mailbox.domain(),
             outcome,
             code,
-            started.elapsed().as_secs_f64(),
+            duration.as_secs_f64(),
             self.transport.kind().as_str(),
         );
+        log_outcome(&mailbox, &request, &message_id, outcome, &result, duration);
         result
-    }
-
-    async fn send_as(
-        &self,
-        mailbox: &Mailbox,
-        request: &SendRequest,
-    ) -> Result<SendReceipt, MailerError> {
-        let message_id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("send", message_id, mailbox_domain = mailbox.domain());
-        self.send_with_id(mailbox, request, message_id)
-            .instrument(span)
-            .await
     }
 
     async fn send_with_id(
@@ -190,17 +190,10 @@ impl Mailer {
             )
             .await?
         {
-            tracing::info!(
-                message_id = earlier.message_id,
-                mailbox_domain = mailbox.domain(),
-                "deduplicated by idempotency key"
-            );
             return Ok(earlier);
         }
-        tracing::info!(
+        tracing::debug!(
             message_id,
-            mailbox_domain = mailbox.domain(),
-            recipient_domains = ?request.message.recipient_domains(),
             attachments = request.message.attachments().len(),
             bytes = request.message.size(),
             "sending"
@@ -212,15 +205,11 @@ impl Mailer {
         if let Some(key) = key {
             idempotency::finish(&self.store, mailbox, key, &result).await;
         }
-        let now = self.clock.now();
         match result {
             Ok(accepted_at) => {
-                tracing::info!(message_id, mailbox_domain = mailbox.domain(), "accepted");
                 // The store keeps milliseconds: a deduplicated answer must match this one.
                 let accepted_at = crate::clock::from_millis(accepted_at.timestamp_millis());
-                if let Err(error) = self.store.record_sent(mailbox, accepted_at).await {
-                    tracing::error!(message_id, %error, "message accepted but its counter was not updated");
-                }
+                self.tallies.add(mailbox, Ok(accepted_at));
                 Ok(SendReceipt {
                     message_id,
                     accepted_at,
@@ -228,14 +217,7 @@ impl Mailer {
                 })
             }
             Err(error) => {
-                tracing::warn!(message_id, mailbox_domain = mailbox.domain(), code = error.code_name(), %error, "send failed");
-                if let Err(store_error) = self
-                    .store
-                    .record_failure(mailbox, Some(&error.to_string()), now)
-                    .await
-                {
-                    tracing::error!(message_id, error = %store_error, "cannot record the failure");
-                }
+                self.tallies.add(mailbox, Err(error.to_string()));
                 Err(error)
             }
         }
@@ -269,6 +251,7 @@ impl Mailer {
     /// The state of one mailbox, or of all.
     pub async fn status(&self, mailbox: Option<&Mailbox>) -> Result<ServiceStatus, MailerError> {
         let now = self.clock.now();
+        self.tallies.flush(&self.store, now).await;
         let mailboxes = match mailbox {
             Some(mailbox) => match self.store.mailbox(mailbox, now).await? {
                 Some(record) => vec![record],
@@ -298,9 +281,15 @@ impl Mailer {
         })
     }
 
+    /// Writes buffered send counters to the store (every second, and at shutdown).
+    pub async fn flush_counters(&self) {
+        self.tallies.flush(&self.store, self.clock.now()).await;
+    }
+
     /// Forgets a mailbox's tokens and pending sign-ins.
     pub async fn disconnect(&self, mailbox: &Mailbox) -> Result<(), MailerError> {
         let known = self.store.disconnect(mailbox, self.clock.now()).await?;
+        self.transport.forget(mailbox);
         tracing::info!(
             mailbox_domain = mailbox.domain(),
             known,
@@ -313,6 +302,7 @@ impl Mailer {
     /// repeats the client secret's expiry warning once a day.
     pub async fn maintain(&self) {
         let now = self.clock.now();
+        self.flush_counters().await;
         match self.store.purge_expired(now).await {
             Ok(0) => {}
             Ok(purged) => {
@@ -346,6 +336,41 @@ impl Mailer {
         } else {
             tracing::warn!("{warning}");
         }
+    }
+}
+
+/// One line per SendMail: what was sent (by domain), its id, and how it ended.
+fn log_outcome(
+    mailbox: &Mailbox,
+    request: &SendRequest,
+    message_id: &str,
+    outcome: &str,
+    result: &Result<SendReceipt, MailerError>,
+    duration: std::time::Duration,
+) {
+    let duration_ms = duration.as_secs_f64() * 1000.0;
+    let recipient_domains = request.message.recipient_domains().join(",");
+    match result {
+        Ok(receipt) => tracing::info!(
+            rpc = "SendMail",
+            message_id = receipt.message_id,
+            mailbox_domain = mailbox.domain(),
+            recipient_domains,
+            attachments = request.message.attachments().len(),
+            outcome,
+            duration_ms,
+            "message accepted"
+        ),
+        Err(error) => tracing::warn!(
+            rpc = "SendMail",
+            message_id,
+            mailbox_domain = mailbox.domain(),
+            recipient_domains,
+            code = error.code_name(),
+            error = crate::telemetry::redact_addresses(&error.to_string()),
+            duration_ms,
+            "message not sent"
+        ),
     }
 }
 

@@ -157,7 +157,10 @@ impl ConnectFlow {
                 );
             }
             Err(error) => {
-                tracing::error!(%error, "cannot read the pending sign-in");
+                tracing::error!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "cannot read the pending sign-in"
+                );
                 return CallbackOutcome::failed(
                     503,
                     "graph-mailer cannot reach its database right now.",
@@ -225,13 +228,20 @@ impl ConnectFlow {
                 502,
             ),
         };
-        tracing::error!(mailbox_domain = mailbox.domain(), error = %error, "code redemption failed");
+        tracing::error!(
+            mailbox_domain = mailbox.domain(),
+            error = crate::telemetry::redact_addresses(&error.to_string()),
+            "code redemption failed"
+        );
         if let Err(store_error) = self
             .store
             .set_last_error(mailbox, ErrorSource::Token, &advice, self.clock.now())
             .await
         {
-            tracing::error!(error = %store_error, "cannot record the connect failure");
+            tracing::error!(
+                error = crate::telemetry::redact_addresses(&store_error.to_string()),
+                "cannot record the connect failure"
+            );
         }
         CallbackOutcome::Failed {
             status,
@@ -354,7 +364,10 @@ impl ConnectFlow {
                 CallbackOutcome::Connected { mailbox }
             }
             Err(error) => {
-                tracing::error!(%error, "cannot store the new connection");
+                tracing::error!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "cannot store the new connection"
+                );
                 CallbackOutcome::failed(
                     503,
                     "graph-mailer could not save the connection.",

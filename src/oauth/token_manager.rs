@@ -121,7 +121,20 @@ pub struct TokenManager {
     settings: TokenSettings,
     retry: RefreshRetry,
     flights: Mutex<HashMap<Mailbox, Arc<tokio::sync::Mutex<()>>>>,
+    cache: Mutex<HashMap<Mailbox, Cached>>,
 }
+
+/// An access token read from the store recently.
+#[derive(Debug)]
+struct Cached {
+    token: AccessToken,
+    read_at: std::time::Instant,
+}
+
+/// How long a token read from the store is served from memory before the store is read again
+/// (another replica may have disconnected the mailbox, or refreshed its token). Saves a read
+/// and a decryption per message.
+const CACHE_REVALIDATE_AFTER: Duration = Duration::from_secs(5);
 
 impl TokenManager {
     pub fn new(
@@ -138,18 +151,52 @@ impl TokenManager {
             settings,
             retry,
             flights: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// A token valid for at least the refresh margin (5 minutes by default).
     pub async fn access_token(&self, mailbox: &Mailbox) -> Result<AccessToken, TokenError> {
+        if let Some(token) = self.cached(mailbox) {
+            return Ok(token);
+        }
         let tokens = self
             .connected_tokens(mailbox, self.store.tokens(mailbox).await?)
             .await?;
-        if !self.needs_refresh(&tokens, Need::Usable) {
-            return Ok(AccessToken::from_stored(&tokens));
-        }
-        self.refresh(mailbox, Need::Usable).await
+        let token = if self.needs_refresh(&tokens, Need::Usable) {
+            self.refresh(mailbox, Need::Usable).await?
+        } else {
+            AccessToken::from_stored(&tokens)
+        };
+        self.remember(mailbox, &token);
+        Ok(token)
+    }
+
+    /// Drops the mailbox's token from memory (after Disconnect).
+    pub fn forget(&self, mailbox: &Mailbox) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(mailbox);
+    }
+
+    fn cached(&self, mailbox: &Mailbox) -> Option<AccessToken> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = cache.get(mailbox)?;
+        let fresh = cached.read_at.elapsed() < CACHE_REVALIDATE_AFTER
+            && cached.token.expires_at - self.clock.now() >= self.settings.refresh_margin;
+        fresh.then(|| cached.token.clone())
+    }
+
+    fn remember(&self, mailbox: &Mailbox, token: &AccessToken) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            mailbox.clone(),
+            Cached {
+                token: token.clone(),
+                read_at: std::time::Instant::now(),
+            },
+        );
     }
 
     /// Graph answered 401 to `rejected`: a fresh token, refreshed once no matter how many
@@ -159,13 +206,17 @@ impl TokenManager {
         mailbox: &Mailbox,
         rejected: &AccessToken,
     ) -> Result<AccessToken, TokenError> {
-        self.refresh(
-            mailbox,
-            Need::Replace {
-                rejected_generation: rejected.generation,
-            },
-        )
-        .await
+        self.forget(mailbox);
+        let token = self
+            .refresh(
+                mailbox,
+                Need::Replace {
+                    rejected_generation: rejected.generation,
+                },
+            )
+            .await?;
+        self.remember(mailbox, &token);
+        Ok(token)
     }
 
     /// Refreshes now, whatever the token's age: proves that Microsoft still honours the grant.
@@ -179,7 +230,10 @@ impl TokenManager {
         let mailboxes = match self.store.connected_mailboxes().await {
             Ok(mailboxes) => mailboxes,
             Err(error) => {
-                tracing::error!(%error, "token upkeep cannot list mailboxes");
+                tracing::error!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "token upkeep cannot list mailboxes"
+                );
                 return summary;
             }
         };
@@ -193,7 +247,11 @@ impl TokenManager {
                 Ok(_) => {}
                 Err(error) => {
                     summary.failed += 1;
-                    tracing::warn!(mailbox_domain = mailbox.domain(), %error, "background refresh failed");
+                    tracing::warn!(
+                        mailbox_domain = mailbox.domain(),
+                        error = crate::telemetry::redact_addresses(&error.to_string()),
+                        "background refresh failed"
+                    );
                 }
             }
         }
@@ -351,7 +409,11 @@ impl TokenManager {
                         && attempt + 1 < self.retry.attempts =>
                 {
                     let delay = self.backoff(attempt);
-                    tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "token refresh failed; retrying");
+                    tracing::warn!(
+                        error = crate::telemetry::redact_addresses(&error.to_string()),
+                        delay_ms = delay.as_millis() as u64,
+                        "token refresh failed; retrying"
+                    );
                     metrics::token_refresh("retried");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -386,7 +448,11 @@ impl TokenManager {
             }
             other => format!("{other} — the service keeps retrying"),
         };
-        tracing::error!(mailbox_domain = mailbox.domain(), %error, "token refresh failed");
+        tracing::error!(
+            mailbox_domain = mailbox.domain(),
+            error = crate::telemetry::redact_addresses(&error.to_string()),
+            "token refresh failed"
+        );
         match error.class() {
             ErrorClass::ReauthorizationRequired
             | ErrorClass::Declined

@@ -147,6 +147,15 @@ pub fn load(
     Ok((raw, notes))
 }
 
+/// Every environment variable graph-mailer reads as a setting, with its prefix.
+pub fn known_variables() -> Vec<String> {
+    known_keys()
+        .into_iter()
+        .map(|k| format!("{ENV_PREFIX}{}", k.to_ascii_uppercase()))
+        .chain(NOT_SETTINGS.iter().map(|k| format!("{ENV_PREFIX}{k}")))
+        .collect()
+}
+
 fn known_keys() -> Vec<String> {
     let mut keys: Vec<String> = match serde_json::to_value(RawSettings::default()) {
         Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),

@@ -323,49 +323,42 @@ impl Store {
         Ok(())
     }
 
-    /// Counts an accepted message.
-    pub async fn record_sent(
+    /// Adds a batch of send outcomes to a mailbox's counters. The last outcome decides
+    /// `last_error`: a failure sets it, a success clears an earlier send error.
+    pub async fn record_sends(
         &self,
         mailbox: &Mailbox,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mailboxes (mailbox, sent_total, last_sent_at, created_at, updated_at) \
-             VALUES ($1, 1, $2, $2, $2) \
-             ON CONFLICT (mailbox) DO UPDATE SET sent_total = mailboxes.sent_total + 1, \
-               last_sent_at = $2, updated_at = $2, \
-               last_error = CASE WHEN mailboxes.last_error_source = 'send' THEN NULL \
-                                 ELSE mailboxes.last_error END, \
-               last_error_source = CASE WHEN mailboxes.last_error_source = 'send' THEN NULL \
-                                        ELSE mailboxes.last_error_source END",
-        )
-        .bind(mailbox.as_str())
-        .bind(at.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Counts a failed send; `message` (what to do) becomes `last_error` when given.
-    pub async fn record_failure(
-        &self,
-        mailbox: &Mailbox,
-        message: Option<&str>,
+        sends: &SendTally,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let (last, error) = match &sends.last_outcome {
+            Some(Ok(())) => ("ok", None),
+            Some(Err(message)) => ("error", Some(message.as_str())),
+            None => ("none", None),
+        };
         sqlx::query(
-            "INSERT INTO mailboxes (mailbox, failed_total, last_error, last_error_source, \
-               created_at, updated_at) \
-             VALUES ($1, 1, $2, CASE WHEN $2 IS NULL THEN NULL ELSE 'send' END, $3, $3) \
-             ON CONFLICT (mailbox) DO UPDATE SET failed_total = mailboxes.failed_total + 1, \
-               last_error = COALESCE($2, mailboxes.last_error), \
-               last_error_source = CASE WHEN $2 IS NULL THEN mailboxes.last_error_source \
-                                        ELSE 'send' END, \
-               updated_at = $3",
+            "INSERT INTO mailboxes (mailbox, sent_total, failed_total, last_sent_at, last_error, \
+               last_error_source, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 IS NULL THEN NULL ELSE 'send' END, $6, $6) \
+             ON CONFLICT (mailbox) DO UPDATE SET \
+               sent_total = mailboxes.sent_total + $2, \
+               failed_total = mailboxes.failed_total + $3, \
+               last_sent_at = COALESCE($4, mailboxes.last_sent_at), \
+               last_error = CASE WHEN $7 = 'error' THEN $5 \
+                                 WHEN $7 = 'ok' AND mailboxes.last_error_source = 'send' THEN NULL \
+                                 ELSE mailboxes.last_error END, \
+               last_error_source = CASE WHEN $7 = 'error' THEN 'send' \
+                                        WHEN $7 = 'ok' AND mailboxes.last_error_source = 'send' THEN NULL \
+                                        ELSE mailboxes.last_error_source END, \
+               updated_at = $6",
         )
         .bind(mailbox.as_str())
-        .bind(message)
+        .bind(i64::try_from(sends.sent).unwrap_or(i64::MAX))
+        .bind(i64::try_from(sends.failed).unwrap_or(i64::MAX))
+        .bind(sends.last_sent_at.map(|t| t.timestamp_millis()))
+        .bind(error)
         .bind(now.timestamp_millis())
+        .bind(last)
         .execute(&self.pool)
         .await?;
         Ok(())

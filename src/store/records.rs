@@ -162,3 +162,43 @@ pub enum Claim {
     /// Another call has (or had) it.
     Existing(IdempotencyRecord),
 }
+
+/// Send outcomes of one mailbox not yet written to the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendTally {
+    pub sent: u64,
+    pub failed: u64,
+    pub last_sent_at: Option<DateTime<Utc>>,
+    /// The latest outcome: success, or the failure's operator-facing message.
+    pub last_outcome: Option<Result<(), String>>,
+}
+
+impl SendTally {
+    /// Counts one send.
+    pub fn add(&mut self, outcome: Result<DateTime<Utc>, String>) {
+        match outcome {
+            Ok(at) => {
+                self.sent += 1;
+                self.last_sent_at = Some(self.last_sent_at.map_or(at, |last| last.max(at)));
+                self.last_outcome = Some(Ok(()));
+            }
+            Err(message) => {
+                self.failed += 1;
+                self.last_outcome = Some(Err(message));
+            }
+        }
+    }
+
+    /// Folds a later tally into this one.
+    pub fn merge(&mut self, later: SendTally) {
+        self.sent += later.sent;
+        self.failed += later.failed;
+        self.last_sent_at = match (self.last_sent_at, later.last_sent_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if later.last_outcome.is_some() {
+            self.last_outcome = later.last_outcome;
+        }
+    }
+}

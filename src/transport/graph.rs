@@ -77,6 +77,11 @@ impl GraphTransport {
         }
     }
 
+    /// Forgets the mailbox's cached token.
+    pub fn forget(&self, mailbox: &Mailbox) {
+        self.tokens.forget(mailbox);
+    }
+
     /// Sends; returns when Graph accepted the message.
     pub async fn send(
         &self,
@@ -214,7 +219,11 @@ impl GraphTransport {
             })
             .await;
         if let Err(error) = deleted {
-            tracing::warn!(message_id, %error, "could not delete the draft of a failed send; it stays in Drafts");
+            tracing::warn!(
+                message_id,
+                error = crate::telemetry::redact_addresses(&error.to_string()),
+                "could not delete the draft of a failed send; it stays in Drafts"
+            );
         }
     }
 

@@ -34,6 +34,13 @@ impl Transport {
         }
     }
 
+    /// Forgets anything held in memory for `mailbox` (its cached token) after Disconnect.
+    pub fn forget(&self, mailbox: &Mailbox) {
+        if let Self::Graph(graph) = self {
+            graph.forget(mailbox);
+        }
+    }
+
     /// Sends `message` as `mailbox`; returns when it was accepted.
     pub async fn send(
         &self,

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod connect;
+mod deploy;
 mod idempotency;
 mod operations;
 mod process;

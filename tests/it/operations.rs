@@ -20,6 +20,10 @@ use crate::support::{
 };
 
 async fn grpc_health(app: &TestApp) -> i32 {
+    grpc_health_of(app, "graphmailer.v1.Mailer").await
+}
+
+async fn grpc_health_of(app: &TestApp, service: &str) -> i32 {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
         .unwrap()
         .connect()
@@ -27,7 +31,7 @@ async fn grpc_health(app: &TestApp) -> i32 {
         .unwrap();
     HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: "graphmailer.v1.Mailer".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
@@ -132,6 +136,11 @@ async fn health_turns_not_serving_while_the_store_is_unreachable_but_not_for_one
     app.store.close().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(grpc_health(&app).await, ServingStatus::NotServing as i32);
+    assert_eq!(
+        grpc_health_of(&app, "").await,
+        ServingStatus::Serving as i32,
+        "still alive"
+    );
     let ready = reqwest::get(format!("{}/readyz", app.http_base))
         .await
         .unwrap();
