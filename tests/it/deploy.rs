@@ -262,3 +262,22 @@ fn the_dockerfile_is_non_root_stops_on_sigterm_and_checks_health() {
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "target"));
 }
+
+#[test]
+fn the_readme_documents_every_setting() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for variable in known_variables() {
+        assert!(
+            readme.contains(&format!("`{variable}`")),
+            "README.md does not document {variable}"
+        );
+    }
+    for command in ["cargo run --release", "scripts/test"] {
+        assert!(readme.contains(command), "README.md lacks `{command}`");
+    }
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == "scripts/test"),
+        ".ci/run runs the README's test command"
+    );
+}

@@ -408,6 +408,36 @@ async fn a_timeout_after_the_request_was_sent_is_not_retried() {
 }
 
 #[tokio::test]
+async fn an_unreachable_graph_is_retried_within_the_budget_and_reported_as_not_sent() {
+    let ms = Microsoft::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = connected_app(
+        &ms,
+        TestApp::builder()
+            .env("GRAPH_URL", format!("http://{closed}"))
+            .env("RETRY_BUDGET_SECONDS", "3"),
+    )
+    .await;
+    let started = Instant::now();
+    let status = app
+        .client()
+        .send_mail(simple_message(MAILBOX))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("cannot be reached")
+            && status.message().contains("nothing was sent"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_rejected_access_token_is_refreshed_once_and_the_send_retried_once() {
     let ms = Microsoft::start().await;
     let app = connected_app(&ms, TestApp::builder()).await;
