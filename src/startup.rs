@@ -214,39 +214,14 @@ impl Application {
             spawn_maintenance(mailer.clone(), stop.clone()),
             spawn_counter_flush(mailer.clone(), stop.clone()),
         ];
-        if let Some(tokens) = tokens {
-            background.push(tokens.spawn_upkeep(stop.clone()));
-        }
-        if let Some(secret) = secret {
-            let interval = settings
-                .azure
-                .as_ref()
-                .map(|a| a.secret_reload_interval)
-                .unwrap_or(Duration::from_secs(10));
-            background.extend(secret.spawn_watcher(interval, stop.clone()));
+        background.extend(tokens.map(|tokens| tokens.spawn_upkeep(stop.clone())));
+        if let (Some(secret), Some(azure)) = (secret, &settings.azure) {
+            background.extend(secret.spawn_watcher(azure.secret_reload_interval, stop.clone()));
         }
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        let grpc_stop = stop.clone();
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                // A span per RPC, at debug level: the info-level line of each call comes from
-                // the core, and a span per call would cost as much again on the hot path.
-                .trace_fn(|request| tracing::debug_span!("rpc", path = %request.uri().path()))
-                .add_routes(grpc_routes)
-                .serve_with_incoming_shutdown(
-                    // Small gRPC answers must not wait for delayed ACKs (Nagle).
-                    tonic::transport::server::TcpIncoming::from(grpc_listener)
-                        .with_nodelay(Some(true)),
-                    async move { grpc_stop.cancelled().await },
-                ),
-        );
-        let http_stop = stop.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(http_listener, http_router)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await
-        });
+        let grpc = spawn_grpc(grpc_listener, grpc_routes, stop.clone());
+        let http = spawn_http(http_listener, http_router, stop.clone());
         tracing::info!(
             %grpc_addr,
             %http_addr,
@@ -258,23 +233,7 @@ impl Application {
         // Health first, so load balancers stop sending before the listeners close.
         health.begin_shutdown().await;
         stop.cancel();
-        let drained = tokio::time::timeout(settings.shutdown_drain, async {
-            let grpc = grpc.await;
-            let http = http.await;
-            (grpc, http)
-        })
-        .await;
-        match drained {
-            Ok((grpc, http)) => {
-                grpc.context("gRPC server task")?.context("gRPC server")?;
-                http.context("HTTP server task")?.context("HTTP server")?;
-                tracing::info!("in-flight calls finished");
-            }
-            Err(_) => tracing::warn!(
-                seconds = settings.shutdown_drain.as_secs(),
-                "drain timeout: stopping with calls still in flight"
-            ),
-        }
+        drain(grpc, http, settings.shutdown_drain).await?;
         for task in background {
             task.abort();
         }
@@ -283,6 +242,57 @@ impl Application {
         tracing::info!("graph-mailer stopped");
         Ok(())
     }
+}
+
+fn spawn_grpc(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            // A span per RPC, at debug level: the info-level line of each call comes from the
+            // core, and a span per call would cost as much again on the hot path.
+            .trace_fn(|request| tracing::debug_span!("rpc", path = %request.uri().path()))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                // Small gRPC answers must not wait for delayed ACKs (Nagle).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move { stop.cancelled().await },
+            ),
+    )
+}
+
+fn spawn_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
+}
+
+/// Waits for both servers to finish their in-flight calls, at most `timeout`.
+async fn drain(
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(timeout, async { (grpc.await, http.await) }).await {
+        Ok((grpc, http)) => {
+            grpc.context("gRPC server task")?.context("gRPC server")?;
+            http.context("HTTP server task")?.context("HTTP server")?;
+            tracing::info!("in-flight calls finished");
+        }
+        Err(_) => tracing::warn!(
+            seconds = timeout.as_secs(),
+            "drain timeout: stopping with calls still in flight"
+        ),
+    }
+    Ok(())
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
