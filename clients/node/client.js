@@ -59,6 +59,7 @@ function invoiceMail(mailbox, to, pdf, key) {
   return {
     mailbox,
     to: [{ address: to, name: 'Customer' }],
+    cc: [{ address: 'accounts@example.org' }],
     subject: 'Your invoice',
     text_body: 'Your invoice is attached.',
     html_body: '<p>Your invoice is attached.</p>',

@@ -82,6 +82,7 @@ test('a send with an attachment is written once under its idempotency key', asyn
   assert.equal(files.length, 1);
   const eml = fs.readFileSync(path.join(dir, files[0]), 'utf8');
   assert.match(eml, /^To: "?Customer"? <customer@example\.com>/m);
+  assert.match(eml, /^Cc: <?accounts@example\.org>?/m);
   assert.match(eml, /^X-Invoice: inv-7/m);
   assert.match(eml, /filename="?invoice\.pdf"?/);
   assert.ok(eml.includes(Buffer.from('%PDF-1.7 node').toString('base64')));

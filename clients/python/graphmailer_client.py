@@ -68,6 +68,7 @@ def invoice_mail(mailbox, to, pdf_bytes, key):
     return mailer_pb2.SendMailRequest(
         mailbox=mailbox,
         to=[mailer_pb2.EmailAddress(address=to, name="Customer")],
+        cc=[mailer_pb2.EmailAddress(address="accounts@example.org")],
         subject="Your invoice",
         text_body="Your invoice is attached.",
         html_body="<p>Your invoice is attached.</p>",

@@ -83,6 +83,7 @@ class ClientTest(unittest.TestCase):
         with open(files[0], "rb") as f:
             message = email.message_from_binary_file(f, policy=email.policy.default)
         self.assertEqual(message["To"], "Customer <customer@example.com>")
+        self.assertEqual(message["Cc"], "accounts@example.org")
         self.assertEqual(message["Subject"], "Your invoice")
         self.assertEqual(message["X-Invoice"], "inv-42")
         parts = {part.get_filename(): part.get_content() for part in message.iter_attachments()}

@@ -317,3 +317,58 @@ fn help_explains_the_commands_and_settings() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("GRAPH_MAILER_GRPC_ADDR"));
 }
+
+#[tokio::test]
+async fn sighup_makes_the_service_read_a_rotated_secret_file() {
+    let ms = Microsoft::start().await;
+    // Tokens that live less than the refresh margin: every send refreshes.
+    ms.identity.set_access_token_lifetime(120, false);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("client-secret");
+    std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
+    let mut env: Vec<(&str, String)> = graph_env(&ms)
+        .into_iter()
+        .filter(|(k, _)| *k != "CLIENT_SECRET")
+        .collect();
+    env.push(("CLIENT_SECRET_FILE", secret_file.display().to_string()));
+    env.push(("SECRET_RELOAD_SECONDS", "3600".to_owned()));
+    let service = Service::spawn(&env);
+    ms.identity.register_redirect_uri(&format!(
+        "http://127.0.0.1:{}/oauth2/callback",
+        service.http_port
+    ));
+    service.wait_ready().await;
+    let mut client = service.client().await;
+    let link = client
+        .connect(proto::ConnectRequest {
+            mailbox: MAILBOX.into(),
+            force_consent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(browse(&link.authorization_url).await.0, 200);
+
+    std::fs::write(&secret_file, "rotated~Secret.value").unwrap();
+    ms.identity.accept_only_secret("rotated~Secret.value");
+    let status = Command::new("kill")
+        .args(["-HUP", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.send_mail(simple_message(MAILBOX)).await.unwrap();
+    assert_eq!(
+        ms.identity.token_requests("refresh_token"),
+        1,
+        "no request with the old secret"
+    );
+    assert_eq!(ms.identity.successful_refreshes(), 1);
+    service.terminate();
+    let (code, output) = tokio::task::spawn_blocking(move || service.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(output.contains("client secret file changed"), "{output}");
+    assert!(!output.contains("rotated~Secret.value"));
+}
