@@ -14,7 +14,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     domain::{Mailbox, MessageParts, OutgoingMessage, Recipient},
     mailer::{Mailer, SecretExpiry, SendRequest},
-    oauth::{ClientSecretProvider, RefreshRetry},
+    oauth::{ClientSecretProvider, IdentityClient, RefreshRetry},
     settings::{
         AzureSettings, ClientSecretSource, KeySource, Settings, TransportKind, azure::is_guid,
     },
@@ -182,7 +182,10 @@ async fn run_checks(
         }
     };
     match azure {
-        Some(azure) => registration_checks(settings, azure, clock.as_ref(), checks),
+        Some(azure) => {
+            registration_checks(settings, azure, clock.as_ref(), checks);
+            authority_check(settings, azure, checks).await;
+        }
         None => checks.skip("app registration", "no tenant configured (sandbox)"),
     }
     let Some(store) = store_checks(settings, checks).await else {
@@ -205,14 +208,6 @@ async fn run_checks(
             return;
         }
     };
-    match microsoft.identity.discover().await {
-        Ok(issuer) => checks.pass("authority", format!("tenant {} exists (issuer {issuer})", azure.tenant)),
-        Err(error) => checks.fail(
-            "authority",
-            error,
-            "check GRAPH_MAILER_TENANT_ID (the Directory (tenant) ID) and that GRAPH_MAILER_AUTHORITY_URL is reachable",
-        ),
-    }
     mailbox_checks(azure, &store, &microsoft, clock.as_ref(), checks).await;
     if options.send_test.is_some() {
         send_test(settings, &store, Some(microsoft), options, clock, checks).await;
@@ -277,6 +272,31 @@ fn registration_checks(
             format!("{redirect} is plain http outside localhost; Microsoft refuses it"),
             "set GRAPH_MAILER_PUBLIC_URL to the https address the service is reached at",
         );
+    }
+}
+
+/// The tenant's discovery document: the authority answers and the tenant exists.
+async fn authority_check(settings: &Settings, azure: &AzureSettings, checks: &mut Checks) {
+    let identity = match (
+        ClientSecretProvider::load(&azure.client_secret),
+        IdentityClient::http_client(),
+    ) {
+        (Ok(secret), Ok(http)) => IdentityClient::new(
+            http,
+            settings.authority_url.clone(),
+            azure,
+            settings.public_url.redirect_uri(),
+            Arc::new(secret),
+        ),
+        _ => return checks.skip("authority", "needs a readable client secret"),
+    };
+    match identity.discover().await {
+        Ok(issuer) => checks.pass("authority", format!("tenant {} exists (issuer {issuer})", azure.tenant)),
+        Err(error) => checks.fail(
+            "authority",
+            error,
+            "check GRAPH_MAILER_TENANT_ID (the Directory (tenant) ID) and that GRAPH_MAILER_AUTHORITY_URL is reachable",
+        ),
     }
 }
 

@@ -66,7 +66,6 @@ pub struct Application {
 
 /// The Microsoft side, when the transport is Graph.
 pub(crate) struct Microsoft {
-    pub(crate) identity: Arc<IdentityClient>,
     pub(crate) tokens: Arc<TokenManager>,
     pub(crate) connect: Arc<ConnectFlow>,
     pub(crate) secret: Arc<ClientSecretProvider>,
@@ -368,7 +367,6 @@ pub(crate) fn wire_microsoft(
         "Graph transport ready"
     );
     Ok(Microsoft {
-        identity,
         tokens,
         connect,
         secret,
