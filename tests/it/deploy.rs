@@ -272,12 +272,15 @@ fn the_readme_documents_every_setting() {
             "README.md does not document {variable}"
         );
     }
-    for command in ["cargo run --release", "scripts/test"] {
-        assert!(readme.contains(command), "README.md lacks `{command}`");
+    for command in ["cargo run --release", "cargo test --all-targets"] {
+        assert!(
+            readme.contains(&format!("\n{command}\n")),
+            "README.md lacks `{command}` on its own line"
+        );
     }
     let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
     assert!(
-        ci.lines().any(|l| l.trim() == "scripts/test"),
+        ci.lines().any(|l| l.trim() == "cargo test --all-targets"),
         ".ci/run runs the README's test command"
     );
 }

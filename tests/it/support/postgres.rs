@@ -1,8 +1,8 @@
 //! A database of its own for each test on the local PostgreSQL, dropped afterwards.
 //!
-//! The server comes from `GRAPH_MAILER_TEST_POSTGRES_URL` (CI and the README set it to
-//! `postgres://postgres@127.0.0.1:5432/test`). Without it PostgreSQL tests fail with an
-//! explanation, unless `GRAPH_MAILER_TEST_SKIP_POSTGRES=1` says to skip them.
+//! The server is `GRAPH_MAILER_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test` (trust auth). Without a server the PostgreSQL tests
+//! fail with an explanation, unless `GRAPH_MAILER_TEST_SKIP_POSTGRES=1` says to skip them.
 
 use sqlx::{Connection, PgConnection};
 
@@ -13,19 +13,18 @@ pub struct TestDatabase {
     name: String,
 }
 
+/// The server the PostgreSQL tests use unless `GRAPH_MAILER_TEST_POSTGRES_URL` names another.
+pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 /// The admin URL, or None when PostgreSQL tests are explicitly skipped.
 pub fn server_url() -> Option<String> {
+    if std::env::var("GRAPH_MAILER_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("GRAPH_MAILER_TEST_SKIP_POSTGRES=1: skipping a PostgreSQL test");
+        return None;
+    }
     match std::env::var("GRAPH_MAILER_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("GRAPH_MAILER_TEST_SKIP_POSTGRES").as_deref() == Ok("1") => {
-            eprintln!("GRAPH_MAILER_TEST_SKIP_POSTGRES=1: skipping a PostgreSQL test");
-            None
-        }
-        _ => panic!(
-            "this test needs PostgreSQL: set GRAPH_MAILER_TEST_POSTGRES_URL (for example \
-             postgres://postgres@127.0.0.1:5432/test, see the README), or set \
-             GRAPH_MAILER_TEST_SKIP_POSTGRES=1 to skip PostgreSQL tests"
-        ),
+        _ => Some(DEFAULT_SERVER.to_owned()),
     }
 }
 
@@ -34,9 +33,13 @@ impl TestDatabase {
     pub async fn create() -> Option<Self> {
         let admin_url = server_url()?;
         let name = format!("gm_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("cannot connect to GRAPH_MAILER_TEST_POSTGRES_URL");
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "this test needs PostgreSQL at {admin_url} ({e}): start one (see the README), \
+                 point GRAPH_MAILER_TEST_POSTGRES_URL at yours, or set \
+                 GRAPH_MAILER_TEST_SKIP_POSTGRES=1 to skip PostgreSQL tests"
+            )
+        });
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
