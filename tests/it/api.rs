@@ -26,11 +26,7 @@ fn eml_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_mailer_service() {
     let app = TestApp::sandbox().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut health = HealthClient::new(channel);
     for service in ["", "graphmailer.v1.Mailer"] {
         let status = health
@@ -58,11 +54,7 @@ async fn health_reports_serving_for_the_server_and_the_mailer_service() {
 async fn reflection_lists_the_mailer_and_health_services_in_v1_and_v1alpha() {
     use tonic_reflection::pb::{v1, v1alpha};
     let app = TestApp::sandbox().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
 
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let request = v1::ServerReflectionRequest {

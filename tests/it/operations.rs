@@ -13,9 +13,7 @@ use tonic_health::pb::{
 };
 
 use crate::support::{
-    MAILBOX, Microsoft, TestApp, connected_app,
-    fake_graph::Scripted,
-    fake_identity::{CLIENT_ID, CLIENT_SECRET, TENANT},
+    MAILBOX, Microsoft, TestApp, connected_app, fake_graph::Scripted, fake_identity::CLIENT_SECRET,
     simple_message,
 };
 
@@ -24,11 +22,7 @@ async fn grpc_health(app: &TestApp) -> i32 {
 }
 
 async fn grpc_health_of(app: &TestApp, service: &str) -> i32 {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.into(),
@@ -383,32 +377,18 @@ async fn a_rotated_secret_file_is_used_without_a_restart() {
 }
 
 fn settings_for(ms: &Microsoft, data_dir: &std::path::Path, extra: &[(&str, String)]) -> Settings {
-    let mut env = vec![
-        ("GRAPH_MAILER_TENANT_ID".to_owned(), TENANT.to_owned()),
-        ("GRAPH_MAILER_CLIENT_ID".to_owned(), CLIENT_ID.to_owned()),
-        (
-            "GRAPH_MAILER_CLIENT_SECRET".to_owned(),
-            CLIENT_SECRET.to_owned(),
-        ),
-        (
-            "GRAPH_MAILER_AUTHORITY_URL".to_owned(),
-            ms.identity.base_url.clone(),
-        ),
-        (
-            "GRAPH_MAILER_GRAPH_URL".to_owned(),
-            ms.graph.base_url.clone(),
-        ),
-        (
-            "GRAPH_MAILER_DATA_DIR".to_owned(),
-            data_dir.display().to_string(),
-        ),
-        (
-            "GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT".to_owned(),
-            (chrono::Utc::now() + chrono::Duration::days(365))
-                .format("%Y-%m-%d")
-                .to_string(),
-        ),
-    ];
+    let expires = (chrono::Utc::now() + chrono::Duration::days(365))
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut env: Vec<(String, String)> = ms
+        .env()
+        .into_iter()
+        .chain([
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("CLIENT_SECRET_EXPIRES_AT", expires),
+        ])
+        .map(|(k, v)| (format!("GRAPH_MAILER_{k}"), v))
+        .collect();
     for (k, v) in extra {
         env.retain(|(name, _)| name != &format!("GRAPH_MAILER_{k}"));
         env.push((format!("GRAPH_MAILER_{k}"), v.clone()));

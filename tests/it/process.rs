@@ -9,9 +9,7 @@ use std::{
 use graph_mailer::proto::{self, mailer_client::MailerClient};
 
 use crate::support::{
-    MAILBOX, Microsoft, browse,
-    fake_graph::Scripted,
-    fake_identity::{CLIENT_ID, CLIENT_SECRET, TENANT},
+    MAILBOX, Microsoft, browse, fake_graph::Scripted, fake_identity::CLIENT_SECRET, sign_in_link,
     simple_message,
 };
 
@@ -120,14 +118,26 @@ impl Service {
 }
 
 fn graph_env(ms: &Microsoft) -> Vec<(&'static str, String)> {
-    vec![
-        ("TENANT_ID", TENANT.to_owned()),
-        ("CLIENT_ID", CLIENT_ID.to_owned()),
-        ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
-        ("AUTHORITY_URL", ms.identity.base_url.clone()),
-        ("GRAPH_URL", ms.graph.base_url.clone()),
-        ("LOG_FORMAT", "json".to_owned()),
-    ]
+    let mut env = ms.env();
+    env.push(("LOG_FORMAT", "json".to_owned()));
+    env
+}
+
+/// Starts the binary on the fakes and connects MAILBOX through it.
+async fn connected_service(
+    ms: &Microsoft,
+    env: &[(&str, String)],
+) -> (Service, MailerClient<tonic::transport::Channel>) {
+    let service = Service::spawn(env);
+    ms.identity.register_redirect_uri(&format!(
+        "http://127.0.0.1:{}/oauth2/callback",
+        service.http_port
+    ));
+    service.wait_ready().await;
+    let mut client = service.client().await;
+    let (status, page) = browse(&sign_in_link(&mut client, MAILBOX).await).await;
+    assert_eq!(status, 200, "{page}");
+    (service, client)
 }
 
 #[tokio::test]
@@ -135,24 +145,7 @@ async fn sigterm_drains_in_flight_sends_and_json_logs_carry_no_secret() {
     let ms = Microsoft::start().await;
     let mut env = graph_env(&ms);
     env.push(("SHUTDOWN_DRAIN_SECONDS", "10".to_owned()));
-    let service = Service::spawn(&env);
-    ms.identity.register_redirect_uri(&format!(
-        "http://127.0.0.1:{}/oauth2/callback",
-        service.http_port
-    ));
-    service.wait_ready().await;
-    let mut client = service.client().await;
-
-    let link = client
-        .connect(proto::ConnectRequest {
-            mailbox: MAILBOX.into(),
-            force_consent: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let (status, page) = browse(&link.authorization_url).await;
-    assert_eq!(status, 200, "{page}");
+    let (service, mut client) = connected_service(&ms, &env).await;
     let sent = client
         .send_mail(simple_message(MAILBOX))
         .await
@@ -332,22 +325,7 @@ async fn sighup_makes_the_service_read_a_rotated_secret_file() {
         .collect();
     env.push(("CLIENT_SECRET_FILE", secret_file.display().to_string()));
     env.push(("SECRET_RELOAD_SECONDS", "3600".to_owned()));
-    let service = Service::spawn(&env);
-    ms.identity.register_redirect_uri(&format!(
-        "http://127.0.0.1:{}/oauth2/callback",
-        service.http_port
-    ));
-    service.wait_ready().await;
-    let mut client = service.client().await;
-    let link = client
-        .connect(proto::ConnectRequest {
-            mailbox: MAILBOX.into(),
-            force_consent: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(browse(&link.authorization_url).await.0, 200);
+    let (service, mut client) = connected_service(&ms, &env).await;
 
     std::fs::write(&secret_file, "rotated~Secret.value").unwrap();
     ms.identity.accept_only_secret("rotated~Secret.value");

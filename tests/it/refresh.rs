@@ -23,7 +23,7 @@ async fn clocked_app(ms: &Microsoft) -> (TestApp, Arc<ManualClock>) {
 async fn a_fresh_token_is_served_without_asking_microsoft() {
     let ms = Microsoft::start().await;
     let (app, _) = clocked_app(&ms).await;
-    let tokens = app.tokens.clone().unwrap();
+    let tokens = app.token_manager();
     tokens.access_token(&mailbox()).await.unwrap();
     assert_eq!(ms.identity.token_requests("refresh_token"), 0);
 }
@@ -36,7 +36,7 @@ async fn an_expiring_token_is_refreshed_exactly_once_for_a_thousand_concurrent_c
         .set_refresh_latency(std::time::Duration::from_millis(200));
     // 3900 s lifetime; 61 minutes later less than the 5-minute margin is left.
     clock.advance(chrono::Duration::minutes(61));
-    let tokens = app.tokens.clone().unwrap();
+    let tokens = app.token_manager();
     let mut calls = Vec::new();
     for _ in 0..1000 {
         let tokens = tokens.clone();
@@ -72,12 +72,7 @@ async fn the_rotated_refresh_token_is_stored_and_survives_a_restart(database: Op
     };
     let app = connected_app(&ms, builder(clock.clone())).await;
     clock.advance(chrono::Duration::minutes(61));
-    app.tokens
-        .clone()
-        .unwrap()
-        .access_token(&mailbox())
-        .await
-        .unwrap();
+    app.token_manager().access_token(&mailbox()).await.unwrap();
     assert_eq!(ms.identity.successful_refreshes(), 1);
     app.stop().await.unwrap();
 
@@ -85,9 +80,7 @@ async fn the_rotated_refresh_token_is_stored_and_survives_a_restart(database: Op
     let restarted = builder(clock.clone()).microsoft(&ms).start().await;
     clock.advance(chrono::Duration::minutes(61));
     restarted
-        .tokens
-        .clone()
-        .unwrap()
+        .token_manager()
         .access_token(&mailbox())
         .await
         .unwrap();
@@ -127,9 +120,7 @@ async fn each_dead_grant_requires_reauthorization_with_its_code_in_last_error() 
         ms.identity.fail_refreshes(Some(fault));
         clock.advance(chrono::Duration::minutes(61));
         let error = app
-            .tokens
-            .clone()
-            .unwrap()
+            .token_manager()
             .access_token(&mailbox())
             .await
             .unwrap_err();
@@ -184,9 +175,7 @@ async fn a_rejected_client_secret_is_a_configuration_error_and_keeps_the_connect
     ms.identity.fail_refreshes(Some(Fault::ExpiredSecret));
     clock.advance(chrono::Duration::minutes(61));
     let error = app
-        .tokens
-        .clone()
-        .unwrap()
+        .token_manager()
         .access_token(&mailbox())
         .await
         .unwrap_err();
@@ -214,7 +203,7 @@ async fn a_rejected_client_secret_is_a_configuration_error_and_keeps_the_connect
 async fn an_outage_is_retried_and_the_old_token_served_while_it_is_still_valid() {
     let ms = Microsoft::start().await;
     let (app, clock) = clocked_app(&ms).await;
-    let tokens = app.tokens.clone().unwrap();
+    let tokens = app.token_manager();
     let original = tokens.access_token(&mailbox()).await.unwrap();
 
     // Two 503s, then success: one refresh, three requests.
@@ -258,7 +247,7 @@ async fn an_outage_is_retried_and_the_old_token_served_while_it_is_still_valid()
 async fn upkeep_refreshes_tokens_ahead_of_expiry_and_idle_connections() {
     let ms = Microsoft::start().await;
     let (app, clock) = clocked_app(&ms).await;
-    let tokens = app.tokens.clone().unwrap();
+    let tokens = app.token_manager();
     assert_eq!(tokens.upkeep().await.refreshed, 0, "nothing due yet");
     // 3900 s lifetime, 15-minute look-ahead: due after 50 minutes.
     clock.advance(chrono::Duration::minutes(51));
@@ -302,12 +291,8 @@ async fn two_instances_on_one_postgres_database_refresh_once_between_them() {
     clock.advance(chrono::Duration::minutes(61));
     let mut calls = Vec::new();
     for i in 0..100 {
-        let tokens = if i % 2 == 0 {
-            first.tokens.clone()
-        } else {
-            second.tokens.clone()
-        }
-        .unwrap();
+        let replica = if i % 2 == 0 { &first } else { &second };
+        let tokens = replica.token_manager();
         calls.push(tokio::spawn(async move {
             tokens.access_token(&mailbox()).await
         }));
@@ -337,12 +322,7 @@ async fn tokens_are_not_readable_in_the_sqlite_file() {
     )
     .await;
     clock.advance(chrono::Duration::minutes(61));
-    app.tokens
-        .clone()
-        .unwrap()
-        .access_token(&mailbox())
-        .await
-        .unwrap();
+    app.token_manager().access_token(&mailbox()).await.unwrap();
     let data_dir = app.data_dir.clone();
     app.stop().await.unwrap();
     let mut stored = Vec::new();

@@ -364,6 +364,29 @@ pub fn error(
     response
 }
 
+/// Microsoft's answer when the tenant or the application is unknown, if either is.
+fn unknown_app(tenant: &str, client_id: Option<&String>) -> Option<Response> {
+    if tenant != TENANT {
+        return Some(error(
+            400,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+            None,
+        ));
+    }
+    if client_id.map(String::as_str) != Some(CLIENT_ID) {
+        return Some(error(
+            400,
+            "unauthorized_client",
+            700016,
+            "Application was not found in the directory.",
+            None,
+        ));
+    }
+    None
+}
+
 async fn authorize(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
@@ -371,25 +394,10 @@ async fn authorize(
 ) -> Response {
     let mut inner = state.inner.lock().unwrap();
     inner.authorize_requests.push(params.clone());
-    if tenant != TENANT {
-        return error(
-            400,
-            "invalid_request",
-            90002,
-            &format!("Tenant '{tenant}' not found."),
-            None,
-        );
+    if let Some(refused) = unknown_app(&tenant, params.get("client_id")) {
+        return refused;
     }
     let get = |k: &str| params.get(k).cloned().unwrap_or_default();
-    if get("client_id") != CLIENT_ID {
-        return error(
-            400,
-            "unauthorized_client",
-            700016,
-            "Application was not found in the directory.",
-            None,
-        );
-    }
     if !inner.settings.redirect_uris.contains(&get("redirect_uri")) {
         return error(
             400,
@@ -482,14 +490,8 @@ fn token_inner(
     grant_type: &str,
 ) -> Response {
     let mut inner = state.inner.lock().unwrap();
-    if tenant != TENANT {
-        return error(
-            400,
-            "invalid_request",
-            90002,
-            &format!("Tenant '{tenant}' not found."),
-            None,
-        );
+    if let Some(refused) = unknown_app(tenant, form.get("client_id")) {
+        return refused;
     }
     if headers.get(header::AUTHORIZATION).is_some() {
         return error(
@@ -501,15 +503,6 @@ fn token_inner(
         );
     }
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
-    if get("client_id") != CLIENT_ID {
-        return error(
-            400,
-            "unauthorized_client",
-            700016,
-            "Application was not found in the directory.",
-            None,
-        );
-    }
     if !inner.settings.secrets.contains(&get("client_secret")) {
         return Fault::BadSecret.response();
     }

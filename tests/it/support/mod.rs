@@ -50,6 +50,17 @@ impl Microsoft {
             graph: FakeGraph::start(tokens).await,
         }
     }
+
+    /// The settings that point a service at these fakes (names without `GRAPH_MAILER_`).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TENANT_ID", TENANT.to_owned()),
+            ("CLIENT_ID", CLIENT_ID.to_owned()),
+            ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+            ("AUTHORITY_URL", self.identity.base_url.clone()),
+            ("GRAPH_URL", self.graph.base_url.clone()),
+        ]
+    }
 }
 
 /// A running service.
@@ -147,21 +158,12 @@ impl AppBuilder {
                 "http://127.0.0.1:{}/oauth2/callback",
                 http_addr.port()
             ));
+            env.extend(
+                ms.env()
+                    .into_iter()
+                    .map(|(k, v)| (format!("GRAPH_MAILER_{k}"), v)),
+            );
             env.extend([
-                ("GRAPH_MAILER_TENANT_ID".to_owned(), TENANT.to_owned()),
-                ("GRAPH_MAILER_CLIENT_ID".to_owned(), CLIENT_ID.to_owned()),
-                (
-                    "GRAPH_MAILER_CLIENT_SECRET".to_owned(),
-                    CLIENT_SECRET.to_owned(),
-                ),
-                (
-                    "GRAPH_MAILER_AUTHORITY_URL".to_owned(),
-                    ms.identity.base_url.clone(),
-                ),
-                (
-                    "GRAPH_MAILER_GRAPH_URL".to_owned(),
-                    ms.graph.base_url.clone(),
-                ),
                 (
                     "GRAPH_MAILER_RETRY_BUDGET_SECONDS".to_owned(),
                     "10".to_owned(),
@@ -260,6 +262,22 @@ impl TestApp {
         self.task.take().expect("already stopped")
     }
 
+    /// A new connection to the service's gRPC port (for health and reflection clients).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// The refresh engine of a service on the Graph transport.
+    pub fn token_manager(&self) -> Arc<TokenManager> {
+        self.tokens
+            .clone()
+            .expect("the Graph transport has a refresh engine")
+    }
+
     /// A second gRPC client on the same service.
     pub fn client(&self) -> MailerClient<Channel> {
         self.grpc.clone()
@@ -268,34 +286,17 @@ impl TestApp {
     /// Calls Connect and plays the browser: opens the link, follows Microsoft's redirect to the
     /// callback, returns the callback page's status and HTML.
     pub async fn connect_mailbox(&self, mailbox: &str) -> (u16, String) {
-        let link = self
-            .client()
-            .connect(proto::ConnectRequest {
-                mailbox: mailbox.into(),
-                force_consent: false,
-            })
-            .await
-            .expect("Connect failed")
-            .into_inner();
-        browse(&link.authorization_url).await
+        browse(&sign_in_link(&mut self.client(), mailbox).await).await
     }
 
     /// The callback URL Microsoft would redirect to, without following it.
     pub async fn authorize_redirect(&self, mailbox: &str) -> String {
-        let link = self
-            .client()
-            .connect(proto::ConnectRequest {
-                mailbox: mailbox.into(),
-                force_consent: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let link = sign_in_link(&mut self.client(), mailbox).await;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let response = client.get(&link.authorization_url).send().await.unwrap();
+        let response = client.get(&link).send().await.unwrap();
         response.headers()["location"].to_str().unwrap().to_owned()
     }
 
@@ -311,6 +312,19 @@ impl TestApp {
             .mailboxes
             .remove(0)
     }
+}
+
+/// Calls Connect for `mailbox` and returns the sign-in link.
+pub async fn sign_in_link(client: &mut MailerClient<Channel>, mailbox: &str) -> String {
+    client
+        .connect(proto::ConnectRequest {
+            mailbox: mailbox.into(),
+            force_consent: false,
+        })
+        .await
+        .expect("Connect failed")
+        .into_inner()
+        .authorization_url
 }
 
 /// A browser: follows redirects, returns the final status and body.
