@@ -426,75 +426,60 @@ fn parse_transport(raw: &RawSettings) -> Result<TransportKind, String> {
 }
 
 fn parse_azure(raw: &RawSettings, warnings: &mut Vec<String>) -> Result<AzureSettings, String> {
-    let mut errors = Vec::new();
-    let tenant = raw
-        .tenant_id
-        .as_deref()
-        .map(TenantId::parse)
-        .transpose()
-        .map_err(|e| errors.push(e))
-        .ok()
-        .flatten();
-    let client_id = match raw.client_id.as_deref() {
-        Some(id) => ClientId::parse(id).map_err(|e| errors.push(e)).ok(),
-        None => {
-            errors.push(
+    let mut problems = Problems::default();
+    let tenant = problems.take(
+        raw.tenant_id
+            .as_deref()
+            .ok_or_else(|| "GRAPH_MAILER_TENANT_ID is not set".to_owned())
+            .and_then(TenantId::parse),
+    );
+    let client_id = problems.take(
+        raw.client_id
+            .as_deref()
+            .ok_or_else(|| {
                 "GRAPH_MAILER_CLIENT_ID is not set: copy the \"Application (client) ID\" from the \
                  app registration's overview page"
-                    .into(),
-            );
-            None
-        }
-    };
-    let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+                    .to_owned()
+            })
+            .and_then(ClientId::parse),
+    );
+    let client_secret = problems.take(match (&raw.client_secret, &raw.client_secret_file) {
         (Some(secret), None) => {
             if azure::is_guid(secret.expose_secret().trim()) {
                 warnings.push(secret_id_warning("GRAPH_MAILER_CLIENT_SECRET"));
             }
-            Some(ClientSecretSource::Value(secret.clone()))
+            Ok(ClientSecretSource::Value(secret.clone()))
         }
-        (None, Some(file)) => Some(ClientSecretSource::File(file.into())),
-        (Some(_), Some(_)) => {
-            errors.push(
-                "set GRAPH_MAILER_CLIENT_SECRET or GRAPH_MAILER_CLIENT_SECRET_FILE, not both"
-                    .into(),
-            );
-            None
+        (None, Some(file)) => Ok(ClientSecretSource::File(file.into())),
+        (Some(_), Some(_)) => Err(
+            "set GRAPH_MAILER_CLIENT_SECRET or GRAPH_MAILER_CLIENT_SECRET_FILE, not both".into(),
+        ),
+        (None, None) => Err(
+            "no client secret: set GRAPH_MAILER_CLIENT_SECRET (or _FILE) to the secret's Value \
+             from the app registration's \"Certificates & secrets\" page"
+                .into(),
+        ),
+    });
+    let expires_at = problems.take(
+        raw.client_secret_expires_at
+            .as_deref()
+            .map(azure::parse_expiry)
+            .transpose(),
+    );
+    let scopes = problems.take(GraphScopes::parse(&raw.graph_scopes));
+    match (tenant, client_id, client_secret, expires_at, scopes) {
+        (Some(tenant), Some(client_id), Some(client_secret), Some(expires_at), Some(scopes)) => {
+            Ok(AzureSettings {
+                tenant,
+                client_id,
+                client_secret,
+                client_secret_expires_at: expires_at,
+                client_secret_warning: chrono::Duration::days(secs(raw.client_secret_warning_days)),
+                secret_reload_interval: Duration::from_secs(raw.secret_reload_seconds.max(1)),
+                scopes,
+            })
         }
-        (None, None) => {
-            errors.push(
-                "no client secret: set GRAPH_MAILER_CLIENT_SECRET (or _FILE) to the secret's \
-                 Value from the app registration's \"Certificates & secrets\" page"
-                    .into(),
-            );
-            None
-        }
-    };
-    let expires_at = raw
-        .client_secret_expires_at
-        .as_deref()
-        .map(azure::parse_expiry)
-        .transpose()
-        .map_err(|e| errors.push(e))
-        .ok()
-        .flatten();
-    let scopes = GraphScopes::parse(&raw.graph_scopes)
-        .map_err(|e| errors.push(e))
-        .ok();
-    if !errors.is_empty() {
-        return Err(errors.join("\n"));
-    }
-    match (tenant, client_id, client_secret, scopes) {
-        (Some(tenant), Some(client_id), Some(client_secret), Some(scopes)) => Ok(AzureSettings {
-            tenant,
-            client_id,
-            client_secret,
-            client_secret_expires_at: expires_at,
-            client_secret_warning: chrono::Duration::days(secs(raw.client_secret_warning_days)),
-            secret_reload_interval: Duration::from_secs(raw.secret_reload_seconds.max(1)),
-            scopes,
-        }),
-        _ => Err("incomplete app registration settings".into()),
+        _ => Err(problems.errors.join("\n")),
     }
 }
 
