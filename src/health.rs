@@ -72,19 +72,14 @@ impl Health {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => {}
-                }
+        crate::periodic::spawn_every(interval, shutdown, move || {
+            let (health, store) = (self.clone(), store.clone());
+            async move {
                 let reachable = tokio::time::timeout(Duration::from_secs(5), store.ping())
                     .await
                     .is_ok_and(|r| r.is_ok());
-                if !self.shutting_down.load(Ordering::SeqCst) {
-                    self.set_store_reachable(reachable).await;
+                if !health.shutting_down.load(Ordering::SeqCst) {
+                    health.set_store_reachable(reachable).await;
                 }
             }
         })

@@ -25,6 +25,7 @@
 //! - [`grpc`]: the tonic service, health, reflection and the one mapping of errors to statuses.
 //! - [`health`]: readiness, told alike to gRPC health checks and `/readyz`.
 //! - [`http`]: the HTTP side: OAuth callback, liveness, readiness, metrics.
+//! - [`periodic`]: the timer loop every background task runs on.
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
@@ -40,6 +41,7 @@ pub mod mailer;
 pub mod metrics;
 pub mod mime;
 pub mod oauth;
+pub mod periodic;
 pub mod proto;
 pub mod settings;
 pub mod shutdown;

@@ -21,6 +21,7 @@ use crate::{
     mailer::{Mailer, SecretExpiry},
     metrics,
     oauth::{ClientSecretProvider, ConnectFlow, IdentityClient, RefreshRetry, TokenManager},
+    periodic::spawn_every,
     settings::{AzureSettings, Settings},
     store::{KeyOrigin, Store, TokenCipher},
     transport::{GraphTransport, SandboxTransport, Transport},
@@ -210,8 +211,20 @@ impl Application {
             health
                 .clone()
                 .spawn_monitor(store.clone(), settings.health_interval, stop.clone()),
-            spawn_maintenance(mailer.clone(), stop.clone()),
-            spawn_counter_flush(mailer.clone(), stop.clone()),
+            spawn_every(MAINTENANCE_INTERVAL, stop.clone(), {
+                let mailer = mailer.clone();
+                move || {
+                    let mailer = mailer.clone();
+                    async move { mailer.maintain().await }
+                }
+            }),
+            spawn_every(COUNTER_FLUSH_INTERVAL, stop.clone(), {
+                let mailer = mailer.clone();
+                move || {
+                    let mailer = mailer.clone();
+                    async move { mailer.flush_counters().await }
+                }
+            }),
         ];
         background.extend(tokens.map(|tokens| tokens.spawn_upkeep(stop.clone())));
         if let (Some(secret), Some(azure)) = (secret, &settings.azure) {
@@ -371,33 +384,5 @@ pub(crate) fn wire_microsoft(
         connect,
         secret,
         transport,
-    })
-}
-
-/// Writes buffered send counters every second.
-fn spawn_counter_flush(
-    mailer: Arc<Mailer>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(COUNTER_FLUSH_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = ticker.tick() => mailer.flush_counters().await,
-            }
-        }
-    })
-}
-
-fn spawn_maintenance(mailer: Arc<Mailer>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = ticker.tick() => mailer.maintain().await,
-            }
-        }
     })
 }

@@ -263,14 +263,10 @@ impl TokenManager {
         self: Arc<Self>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(self.settings.check_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => { self.upkeep().await; }
-                }
+        crate::periodic::spawn_every(self.settings.check_interval, shutdown, move || {
+            let tokens = self.clone();
+            async move {
+                tokens.upkeep().await;
             }
         })
     }
