@@ -1,9 +1,19 @@
-//! The Entra ID app registration as configured: tenant, client ID, client secret, scopes.
+//! The Entra ID app registration as configured: tenant, client ID, client secret, scopes; and
+//! whether it is configured at all (which chooses Graph over the sandbox).
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{
+    RawSettings,
+    names::{
+        CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE, GRAPH_SCOPES,
+        TENANT_ID, TRANSPORT,
+    },
+    validate::{Problems, secs},
+};
 
 /// The Microsoft Entra tenant: a directory GUID or one of its verified domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +26,7 @@ impl TenantId {
         let lower = value.to_ascii_lowercase();
         if ["common", "organizations", "consumers"].contains(&lower.as_str()) {
             return Err(format!(
-                "GRAPH_MAILER_TENANT_ID is \"{value}\": a single-tenant app registration needs its \
+                "{TENANT_ID} is \"{value}\": a single-tenant app registration needs its \
                  own tenant (Microsoft answers AADSTS50194 otherwise); use the \"Directory (tenant) \
                  ID\" GUID from the app registration's overview page"
             ));
@@ -25,7 +35,7 @@ impl TenantId {
             Ok(Self(lower))
         } else {
             Err(format!(
-                "GRAPH_MAILER_TENANT_ID is \"{value}\", neither a GUID nor a domain; copy the \
+                "{TENANT_ID} is \"{value}\", neither a GUID nor a domain; copy the \
                  \"Directory (tenant) ID\" from the app registration's overview page"
             ))
         }
@@ -60,7 +70,7 @@ impl ClientId {
             Ok(Self(value.to_ascii_lowercase()))
         } else {
             Err(format!(
-                "GRAPH_MAILER_CLIENT_ID is \"{value}\", not a GUID; copy the \"Application \
+                "{CLIENT_ID} is \"{value}\", not a GUID; copy the \"Application \
                  (client) ID\" from the app registration's overview page"
             ))
         }
@@ -111,7 +121,7 @@ impl GraphScopes {
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
             {
                 return Err(format!(
-                    "GRAPH_MAILER_GRAPH_SCOPES: \"{scope}\" is not a Microsoft Graph permission name \
+                    "{GRAPH_SCOPES}: \"{scope}\" is not a Microsoft Graph permission name \
                      such as Mail.Send"
                 ));
             }
@@ -120,10 +130,9 @@ impl GraphScopes {
             }
         }
         if !scopes.iter().any(|s| s.eq_ignore_ascii_case("Mail.Send")) {
-            return Err(
-                "GRAPH_MAILER_GRAPH_SCOPES must include Mail.Send: without it no mail can be sent"
-                    .into(),
-            );
+            return Err(format!(
+                "{GRAPH_SCOPES} must include Mail.Send: without it no mail can be sent"
+            ));
         }
         Ok(Self(scopes))
     }
@@ -163,6 +172,99 @@ pub struct AzureSettings {
     pub scopes: GraphScopes,
 }
 
+impl AzureSettings {
+    /// Whether the settings choose Microsoft Graph: a tenant is configured and
+    /// `GRAPH_MAILER_TRANSPORT` does not force the sandbox.
+    pub(super) fn chosen(raw: &RawSettings) -> Result<bool, String> {
+        match raw
+            .transport
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => Ok(raw.tenant_id.is_some()),
+            Some("sandbox") => Ok(false),
+            Some("graph") if raw.tenant_id.is_some() => Ok(true),
+            Some("graph") => Err(format!(
+                "{TRANSPORT} is graph but {TENANT_ID} is not set: configure the app registration \
+                 (tenant ID, client ID, client secret) or use the sandbox"
+            )),
+            Some(other) => Err(format!("{TRANSPORT} is \"{other}\": use graph or sandbox")),
+        }
+    }
+
+    /// The app registration's section, every problem of it recorded.
+    pub(super) fn from_raw(raw: &RawSettings, problems: &mut Problems) -> Option<Self> {
+        let tenant = problems.take(
+            raw.tenant_id
+                .as_deref()
+                .ok_or_else(|| format!("{TENANT_ID} is not set"))
+                .and_then(TenantId::parse),
+        );
+        let client_id = problems.take(
+            raw.client_id
+                .as_deref()
+                .ok_or_else(|| {
+                    format!(
+                        "{CLIENT_ID} is not set: copy the \"Application (client) ID\" from the \
+                         app registration's overview page"
+                    )
+                })
+                .and_then(ClientId::parse),
+        );
+        let client_secret = Self::client_secret(raw, problems);
+        let expires_at = problems.take(
+            raw.client_secret_expires_at
+                .as_deref()
+                .map(parse_expiry)
+                .transpose(),
+        );
+        let scopes = problems.take(GraphScopes::parse(&raw.graph_scopes));
+        Some(Self {
+            tenant: tenant?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            client_secret_expires_at: expires_at?,
+            client_secret_warning: chrono::Duration::days(secs(raw.client_secret_warning_days)),
+            secret_reload_interval: Duration::from_secs(raw.secret_reload_seconds.max(1)),
+            scopes: scopes?,
+        })
+    }
+
+    fn client_secret(raw: &RawSettings, problems: &mut Problems) -> Option<ClientSecretSource> {
+        match (&raw.client_secret, &raw.client_secret_file) {
+            (Some(secret), None) => {
+                if is_guid(secret.expose_secret().trim()) {
+                    problems.warn(secret_id_warning(CLIENT_SECRET));
+                }
+                Some(ClientSecretSource::Value(secret.clone()))
+            }
+            (None, Some(file)) => Some(ClientSecretSource::File(file.into())),
+            (Some(_), Some(_)) => {
+                problems.error(format!(
+                    "set {CLIENT_SECRET} or {CLIENT_SECRET_FILE}, not both"
+                ));
+                None
+            }
+            (None, None) => {
+                problems.error(format!(
+                    "no client secret: set {CLIENT_SECRET} (or _FILE) to the secret's Value from \
+                     the app registration's \"Certificates & secrets\" page"
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// The warning for a client secret that looks like the secret's ID.
+pub fn secret_id_warning(variable: &str) -> String {
+    format!(
+        "{variable} looks like a GUID: that is probably the secret's ID, not its Value; copy the \
+         Value column of \"Certificates & secrets\" (it is shown only once, right after creation)"
+    )
+}
+
 /// Parses an RFC 3339 date-time or a plain date (taken as midnight UTC).
 pub fn parse_expiry(value: &str) -> Result<DateTime<Utc>, String> {
     let value = value.trim();
@@ -175,7 +277,7 @@ pub fn parse_expiry(value: &str) -> Result<DateTime<Utc>, String> {
         return Ok(midnight.and_utc());
     }
     Err(format!(
-        "GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT is \"{value}\": give the date shown in the app \
+        "{CLIENT_SECRET_EXPIRES_AT} is \"{value}\": give the date shown in the app \
          registration's \"Certificates & secrets\" page as 2027-05-31 or 2027-05-31T12:00:00Z"
     ))
 }

@@ -13,11 +13,7 @@ use figment::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// The prefix of every environment variable graph-mailer reads.
-pub const ENV_PREFIX: &str = "GRAPH_MAILER_";
-
-/// Environment variables with the prefix that are not settings (read elsewhere).
-const NOT_SETTINGS: &[&str] = &["CONFIG"];
+use super::names::{self, ENV_PREFIX};
 
 /// Every setting, unvalidated. Field names are the environment variable names without the
 /// prefix, in lower case, and the keys of the TOML file.
@@ -127,7 +123,7 @@ pub fn load(
         let Some(key) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if NOT_SETTINGS.contains(&key) || key.starts_with("TEST_") {
+        if names::NOT_SETTINGS.contains(&name.as_str()) || key.starts_with("TEST_") {
             continue;
         }
         let key = key.to_ascii_lowercase();
@@ -147,22 +143,17 @@ pub fn load(
     Ok((raw, notes))
 }
 
-/// Every environment variable graph-mailer reads as a setting, with its prefix.
+/// Every environment variable graph-mailer reads, with its prefix.
 pub fn known_variables() -> Vec<String> {
-    known_keys()
-        .into_iter()
-        .map(|k| format!("{ENV_PREFIX}{}", k.to_ascii_uppercase()))
-        .chain(NOT_SETTINGS.iter().map(|k| format!("{ENV_PREFIX}{k}")))
-        .collect()
+    names::ALL.iter().map(|v| v.name.to_owned()).collect()
 }
 
 fn known_keys() -> Vec<String> {
-    let mut keys: Vec<String> = match serde_json::to_value(RawSettings::default()) {
-        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
-        _ => Vec::new(),
-    };
-    keys.extend(["client_secret".into(), "encryption_key".into()]);
-    keys
+    names::ALL
+        .iter()
+        .filter(|v| !names::NOT_SETTINGS.contains(&v.name))
+        .map(names::Variable::key)
+        .collect()
 }
 
 fn describe_error(error: figment::Error) -> String {
