@@ -14,7 +14,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 
-use crate::settings::KeySource;
+use crate::settings::{KeySource, names};
 
 /// Format version prepended to every ciphertext, so the scheme can change later.
 const VERSION: u8 = 1;
@@ -77,7 +77,7 @@ impl TokenCipher {
     pub fn load(source: &KeySource) -> Result<(Self, KeyOrigin), KeyError> {
         match source {
             KeySource::Value(value) => {
-                let key = decode_key(value.expose_secret(), "GRAPH_MAILER_ENCRYPTION_KEY")?;
+                let key = decode_key(value.expose_secret(), names::ENCRYPTION_KEY)?;
                 Ok((Self::new(&key), KeyOrigin::Configured))
             }
             KeySource::File(path) => {

@@ -9,11 +9,35 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Executor, Row, Transaction};
 
+use secrecy::SecretString;
+
 use super::{
-    Backend, ConnectionState, RefreshedTokens, Store, StoreError, StoredTokens, split_scopes,
-    token_context,
+    Backend, ConnectionState, ErrorSource, Store, StoreError, mailboxes::split_scopes, state_column,
 };
 use crate::{clock::from_millis, domain::Mailbox};
+
+/// The tokens of a connected mailbox.
+#[derive(Debug, Clone)]
+pub struct StoredTokens {
+    pub state: ConnectionState,
+    pub access_token: SecretString,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub refresh_token: SecretString,
+    pub scopes: Vec<String>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Increases with every write of tokens; tells a waiter whether someone else refreshed.
+    pub generation: i64,
+}
+
+/// Tokens returned by a refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshedTokens {
+    pub access_token: SecretString,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub refresh_token: SecretString,
+    /// The granted scopes, when Microsoft listed them.
+    pub scopes: Option<Vec<String>>,
+}
 
 /// Exclusive access to one mailbox's tokens until [`TokenLock::release`].
 pub struct TokenLock<'s> {
@@ -70,10 +94,10 @@ impl TokenLock<'_> {
             "UPDATE mailboxes SET access_token = $2, access_token_expires_at = $3, \
                refresh_token = $4, scopes = COALESCE($5, scopes), last_refreshed_at = $6, \
                token_generation = token_generation + 1, updated_at = $6, \
-               last_error = CASE WHEN last_error_source = 'token' THEN NULL ELSE last_error END, \
-               last_error_source = CASE WHEN last_error_source = 'token' THEN NULL \
+               last_error = CASE WHEN last_error_source = $7 THEN NULL ELSE last_error END, \
+               last_error_source = CASE WHEN last_error_source = $7 THEN NULL \
                                         ELSE last_error_source END \
-             WHERE mailbox = $1 AND state = 'connected'",
+             WHERE mailbox = $1 AND state = $8",
         )
         .bind(mailbox)
         .bind(cipher.seal(
@@ -86,7 +110,9 @@ impl TokenLock<'_> {
             &tokens.refresh_token,
         ))
         .bind(tokens.scopes.as_ref().map(|s| s.join(" ")))
-        .bind(now.timestamp_millis());
+        .bind(now.timestamp_millis())
+        .bind(ErrorSource::Token)
+        .bind(ConnectionState::Connected);
         match self.transaction.as_mut() {
             Some(tx) => query.execute(&mut **tx).await?,
             None => query.execute(self.store.pool()).await?,
@@ -129,7 +155,7 @@ where
     let undecryptable = || StoreError::Undecryptable(mailbox.to_string());
     let cipher = store.cipher();
     Ok(Some(StoredTokens {
-        state: ConnectionState::from_stored(&row.try_get::<String, _>("state")?),
+        state: state_column(&row, "state", "mailboxes", mailbox.as_str())?,
         access_token: cipher
             .open(&token_context(mailbox.as_str(), "access_token"), &access)
             .map_err(|_| undecryptable())?,
@@ -151,4 +177,8 @@ fn lock_id(mailbox: &Mailbox) -> i64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(bytes)
+}
+
+pub(crate) fn token_context(mailbox: &str, column: &str) -> String {
+    format!("{mailbox}|{column}")
 }
