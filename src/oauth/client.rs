@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::Mailbox,
-    settings::{AzureSettings, ClientId, GraphScopes, TenantId},
+    settings::{AzureSettings, ClientId, GraphScopes, TenantId, names},
 };
 
 type OAuthClient = oauth2::Client<
@@ -278,8 +278,9 @@ impl IdentityClient {
         if !status.is_success() {
             let error: MicrosoftError = serde_json::from_value(body).unwrap_or_default();
             return Err(format!(
-                "{url} answered {status}: {} — check GRAPH_MAILER_TENANT_ID",
-                error.summary()
+                "{url} answered {status}: {} — check {}",
+                error.summary(),
+                names::TENANT_ID
             ));
         }
         body.get("issuer")

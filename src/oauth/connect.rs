@@ -10,14 +10,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{
-    IdTokenClaims, IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass,
-    normalize_scopes,
-};
+use super::{IdentityClient, TokenRequestError, error::ErrorClass, sign_in};
 use crate::{
     clock::SharedClock,
     domain::Mailbox,
     metrics,
+    settings::names,
     store::{ErrorSource, NewConnection, PendingAuthorization, Store, StoreError},
 };
 
@@ -68,7 +66,11 @@ pub enum CallbackOutcome {
 }
 
 impl CallbackOutcome {
-    fn failed(status: u16, title: impl Into<String>, what_to_do: impl Into<String>) -> Self {
+    pub(super) fn failed(
+        status: u16,
+        title: impl Into<String>,
+        what_to_do: impl Into<String>,
+    ) -> Self {
         Self::Failed {
             status,
             title: title.into(),
@@ -196,7 +198,7 @@ impl ConnectFlow {
             Ok(grant) => grant,
             Err(error) => return self.redemption_failed(&mailbox, error).await,
         };
-        match self.verify(&mailbox, &grant) {
+        match sign_in::verify(&self.identity, self.clock.now(), &mailbox, &grant) {
             Ok(connection) => self.save(connection).await,
             Err(outcome) => outcome,
         }
@@ -222,7 +224,8 @@ impl ConnectFlow {
             }
             other => (
                 format!(
-                    "{other} — try again; if it persists, check GRAPH_MAILER_AUTHORITY_URL and the network"
+                    "{other} — try again; if it persists, check {} and the network",
+                    names::AUTHORITY_URL
                 ),
                 None,
                 502,
@@ -249,104 +252,6 @@ impl ConnectFlow {
             what_to_do: advice,
             details,
         }
-    }
-
-    /// The checks between Microsoft's answer and storing it.
-    fn verify(
-        &self,
-        mailbox: &Mailbox,
-        grant: &TokenGrant,
-    ) -> Result<NewConnection, CallbackOutcome> {
-        let claims = grant
-            .id_token
-            .as_deref()
-            .ok_or_else(|| "Microsoft returned no id_token".to_owned())
-            .and_then(IdTokenClaims::decode)
-            .map_err(|reason| {
-                tracing::error!(reason, "id_token unusable");
-                CallbackOutcome::failed(
-                    502,
-                    "Microsoft's answer did not say who signed in.",
-                    format!("{reason}; the openid scope must be granted. Call Connect again for {mailbox}."),
-                )
-            })?;
-        if claims.aud != self.identity.client_id().as_str() {
-            tracing::error!("id_token audience is not this app; refused");
-            return Err(CallbackOutcome::failed(
-                400,
-                "The sign-in was issued to a different application.",
-                "Check GRAPH_MAILER_CLIENT_ID, then call Connect again.",
-            ));
-        }
-        let tenant = self.identity.tenant();
-        if tenant.is_guid()
-            && !claims
-                .tid
-                .as_deref()
-                .is_some_and(|tid| tid.eq_ignore_ascii_case(tenant.as_str()))
-        {
-            tracing::error!("id_token tenant is not the configured tenant; refused");
-            return Err(CallbackOutcome::failed(
-                400,
-                "The account signed in belongs to a different Microsoft 365 tenant.",
-                format!("Sign in with an account of the tenant that owns {mailbox}."),
-            ));
-        }
-        let owned = [
-            claims.preferred_username.as_deref(),
-            claims.email.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|account| mailbox.is_owned_by(account));
-        if !owned {
-            let signed_in = claims.account().unwrap_or("an unnamed account");
-            tracing::warn!(
-                mailbox_domain = mailbox.domain(),
-                "sign-in by an account that does not own the mailbox refused"
-            );
-            return Err(CallbackOutcome::failed(
-                403,
-                format!("You signed in as {signed_in}, but this link connects {mailbox}."),
-                format!(
-                    "You signed in as {signed_in}, but this link connects {mailbox}. Sign out of \
-                     Microsoft (or use a private window), open the link again and sign in as {mailbox}."
-                ),
-            ));
-        }
-        let granted = match &grant.scopes {
-            Some(scopes) => normalize_scopes(scopes),
-            // RFC 6749 5.1: no scope in the response means the requested scope was granted.
-            None => normalize_scopes(&self.identity.scopes().request_scopes()),
-        };
-        if !granted.iter().any(|s| s.eq_ignore_ascii_case("Mail.Send")) {
-            return Err(missing_permission(
-                mailbox,
-                "Mail.Send",
-                "the app cannot send mail without it",
-            ));
-        }
-        let Some(refresh_token) = grant.refresh_token.clone() else {
-            return Err(missing_permission(
-                mailbox,
-                "offline_access",
-                "without it Microsoft returns no refresh token and the connection would end within the hour",
-            ));
-        };
-        let mut scopes = granted;
-        if !scopes.iter().any(|s| s == "offline_access") {
-            scopes.push("offline_access".into());
-        }
-        Ok(NewConnection {
-            mailbox: mailbox.clone(),
-            account: claims.account().unwrap_or(mailbox.as_str()).to_owned(),
-            object_id: claims.oid.clone(),
-            tenant_id: claims.tid.clone(),
-            scopes,
-            access_token: grant.access_token.clone(),
-            access_token_expires_at: self.clock.now() + grant.expires_in,
-            refresh_token,
-        })
     }
 
     async fn save(&self, connection: NewConnection) -> CallbackOutcome {
@@ -408,23 +313,6 @@ fn declined(mailbox: &Mailbox, error: &str, description: Option<&str>) -> Callba
         what_to_do,
         details: Some(format!("error {error}")),
     }
-}
-
-fn missing_permission(mailbox: &Mailbox, permission: &str, why: &str) -> CallbackOutcome {
-    tracing::warn!(
-        mailbox_domain = mailbox.domain(),
-        permission,
-        "granted scopes lack a permission"
-    );
-    CallbackOutcome::failed(
-        400,
-        format!("Microsoft did not grant the {permission} permission."),
-        format!(
-            "Add the delegated Microsoft Graph permission {permission} to the app registration \
-             (API permissions → Add a permission → Microsoft Graph → Delegated), then call Connect \
-             again for {mailbox} with force_consent: {why}."
-        ),
-    )
 }
 
 /// The store keeps a hash of each state, never the state itself.

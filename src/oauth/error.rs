@@ -8,6 +8,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::secret::rotate_expired_secret;
+use crate::settings::names::{CLIENT_ID, CLIENT_SECRET, TENANT_ID};
+
 /// An error body of the token endpoint, every field kept (the `oauth2` crate's standard type
 /// drops `error_codes` and `suberror`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -171,16 +174,15 @@ impl MicrosoftError {
             }
             Some(7000215) => {
                 return format!(
-                    "{label}: the client secret is invalid — set GRAPH_MAILER_CLIENT_SECRET (or \
-                     the file) to the secret's Value, not its Secret ID, from the app \
+                    "{label}: the client secret is invalid — set {CLIENT_SECRET} (or the \
+                     file) to the secret's Value, not its Secret ID, from the app \
                      registration's \"Certificates & secrets\" page"
                 );
             }
             Some(7000222) => {
                 return format!(
-                    "{label}: the client secret has expired — create a new one under \
-                     \"Certificates & secrets\" and update GRAPH_MAILER_CLIENT_SECRET (or the \
-                     file) and GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT"
+                    "{label}: the client secret has expired — {}",
+                    rotate_expired_secret()
                 );
             }
             Some(50011) => {
@@ -192,14 +194,13 @@ impl MicrosoftError {
             Some(700016 | 90002) => {
                 return format!(
                     "{label}: the application was not found in the tenant — check \
-                     GRAPH_MAILER_CLIENT_ID and GRAPH_MAILER_TENANT_ID against the app \
-                     registration's overview page"
+                     {CLIENT_ID} and {TENANT_ID} against the app registration's overview page"
                 );
             }
             Some(50194) => {
                 return format!(
-                    "{label}: the app registration is single-tenant — set \
-                     GRAPH_MAILER_TENANT_ID to the tenant's GUID, not common or organizations"
+                    "{label}: the app registration is single-tenant — set {TENANT_ID} to the \
+                     tenant's GUID, not common or organizations"
                 );
             }
             Some(65004) => {

@@ -1,25 +1,29 @@
 //! The Microsoft identity platform: sign-in links, the callback, tokens and the client secret.
 //!
 //! - [`client`]: the one HTTP client of the identity platform (authorize URL, token endpoint).
-//! - [`connect`]: Connect from link to stored connection, with the sign-in verified.
-//! - [`token_manager`]: the refresh engine.
-//! - [`secret`]: the client secret, rotatable without a restart.
+//! - [`connect`]: Connect from link to stored connection; `sign_in` verifies who signed in.
+//! - [`token_manager`]: the refresh engine; [`token_upkeep`] its background pass.
+//! - [`secret`]: the client secret, rotatable without a restart, and its expiry.
 //! - [`error`]: Microsoft's error bodies and what each code means.
 
-pub mod client;
-pub mod connect;
-pub mod error;
-pub mod id_token;
-pub mod secret;
-pub mod token_manager;
-pub mod token_response;
+pub(crate) mod client;
+pub(crate) mod connect;
+pub(crate) mod error;
+pub(crate) mod id_token;
+pub(crate) mod secret;
+mod sign_in;
+mod token_cache;
+pub(crate) mod token_manager;
+pub(crate) mod token_response;
+pub(crate) mod token_upkeep;
 
 pub use client::{AuthorizationRequest, IdentityClient, TokenGrant, TokenRequestError};
 pub use connect::{CallbackOutcome, CallbackParams, ConnectFlow, SignInLink, StartError};
 pub use error::{ErrorClass, MicrosoftError};
 pub use id_token::IdTokenClaims;
-pub use secret::ClientSecretProvider;
-pub use token_manager::{AccessToken, RefreshRetry, TokenError, TokenManager, UpkeepSummary};
+pub use secret::{ClientSecretProvider, SecretExpiry};
+pub use token_manager::{AccessToken, REFRESH_BACKOFF, TokenError, TokenManager};
+pub use token_upkeep::UpkeepSummary;
 
 use crate::settings::azure::GRAPH_RESOURCE;
 

@@ -7,11 +7,60 @@
 
 use std::{path::PathBuf, sync::RwLock, time::Duration};
 
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{ClientSecretSource, secret_id_warning};
+use crate::settings::{
+    ClientSecretSource,
+    names::{CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE},
+    secret_id_warning,
+};
+
+/// What to do when the client secret has expired: the one place this advice is written.
+pub fn rotate_expired_secret() -> String {
+    format!(
+        "create a new one under \"Certificates & secrets\" and update {CLIENT_SECRET} (or the \
+         file) and {CLIENT_SECRET_EXPIRES_AT}"
+    )
+}
+
+/// The client secret's expiry as configured, for Status, `check` and warnings.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretExpiry {
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Warnings start this long before.
+    pub warning: chrono::Duration,
+}
+
+impl SecretExpiry {
+    /// A sentence when the secret expires soon or expired, `None` otherwise.
+    pub fn warning(&self, now: DateTime<Utc>) -> Option<String> {
+        let expires_at = self.expires_at?;
+        let days = (expires_at - now).num_days();
+        if expires_at <= now {
+            Some(format!(
+                "the client secret expired on {}: token requests fail with AADSTS7000222; {}",
+                expires_at.format("%Y-%m-%d"),
+                rotate_expired_secret()
+            ))
+        } else if expires_at - now <= self.warning {
+            Some(format!(
+                "the client secret expires on {} (in {days} days): create a new secret under \
+                 \"Certificates & secrets\" and rotate it before then",
+                expires_at.format("%Y-%m-%d")
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the secret has expired.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
 
 /// The current client secret.
 #[derive(Debug)]
@@ -64,7 +113,7 @@ impl ClientSecretProvider {
             return Ok(false);
         }
         if crate::settings::azure::is_guid(fresh.secret.expose_secret().trim()) {
-            tracing::warn!("{}", secret_id_warning("GRAPH_MAILER_CLIENT_SECRET_FILE"));
+            tracing::warn!("{}", secret_id_warning(CLIENT_SECRET_FILE));
         }
         *current = fresh;
         tracing::info!(file = %path.display(), "client secret file changed; using the new secret");
@@ -109,14 +158,14 @@ impl Loaded {
 fn read_secret_file(path: &PathBuf) -> Result<SecretString, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
-            "GRAPH_MAILER_CLIENT_SECRET_FILE {}: cannot read it: {e}",
+            "{CLIENT_SECRET_FILE} {}: cannot read it: {e}",
             path.display()
         )
     })?;
     let secret = text.trim();
     if secret.is_empty() {
         return Err(format!(
-            "GRAPH_MAILER_CLIENT_SECRET_FILE {} is empty: put the client secret's Value in it",
+            "{CLIENT_SECRET_FILE} {} is empty: put the client secret's Value in it",
             path.display()
         ));
     }

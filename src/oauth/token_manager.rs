@@ -15,19 +15,21 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
-use super::{IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, normalize_scopes};
+use super::{
+    IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, normalize_scopes,
+    token_cache::TokenCache,
+};
 use crate::{
     clock::SharedClock,
     domain::Mailbox,
     metrics,
+    retry::{Backoff, Decision, retry},
     settings::TokenSettings,
     store::{ConnectionState, ErrorSource, RefreshedTokens, Store, StoreError, StoredTokens},
 };
@@ -62,12 +64,22 @@ impl AccessToken {
 /// Why no token can be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The mailbox holds no tokens: it was never connected, or was disconnected.
     #[error("{mailbox} is not connected: call Connect for it and have its owner sign in")]
-    NotConnected { mailbox: String },
+    NotConnected { mailbox: Mailbox },
+    /// Microsoft no longer honours the mailbox's grant: its owner must sign in again.
+    #[error("{mailbox} must be reauthorized: {advice}")]
+    ReauthorizationRequired {
+        mailbox: Mailbox,
+        /// Microsoft's AADSTS code, when this refresh learnt it.
+        aadsts: Option<u64>,
+        /// The operator sentence (also the mailbox's `last_error`).
+        advice: String,
+    },
+    /// The app registration or the service's settings are wrong.
     #[error("{advice}")]
-    ReauthorizationRequired { advice: String },
-    #[error("{advice}")]
-    Configuration { advice: String },
+    Configuration { aadsts: Option<u64>, advice: String },
+    /// The identity platform is unreachable or throttling, and no valid token is left.
     #[error("{advice}")]
     Unavailable { advice: String },
     #[error(transparent)]
@@ -76,7 +88,7 @@ pub enum TokenError {
 
 /// Why a token is being asked for; decides whether the stored one will do.
 #[derive(Debug, Clone, Copy)]
-enum Need {
+pub(super) enum Need {
     /// For use now: valid for at least the refresh margin.
     Usable,
     /// Graph rejected the token of this generation: replace it unless someone already did.
@@ -87,54 +99,26 @@ enum Need {
     Now,
 }
 
-/// How transient refresh failures are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RefreshRetry {
-    pub attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RefreshRetry {
-    fn default() -> Self {
-        Self {
-            attempts: 3,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What a background pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UpkeepSummary {
-    pub refreshed: usize,
-    pub failed: usize,
-}
+/// How transient refresh failures are retried unless a test says otherwise: three attempts,
+/// backing off from half a second to at most five.
+pub const REFRESH_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(5),
+    max_attempts: 3,
+    budget: None,
+};
 
 /// Hands out access tokens and keeps them fresh.
 #[derive(Debug)]
 pub struct TokenManager {
-    store: Store,
+    pub(super) store: Store,
     identity: Arc<IdentityClient>,
-    clock: SharedClock,
-    settings: TokenSettings,
-    retry: RefreshRetry,
+    pub(super) clock: SharedClock,
+    pub(super) settings: TokenSettings,
+    retry: Backoff,
     flights: Mutex<HashMap<Mailbox, Arc<tokio::sync::Mutex<()>>>>,
-    cache: Mutex<HashMap<Mailbox, Cached>>,
+    cache: TokenCache,
 }
-
-/// An access token read from the store recently.
-#[derive(Debug)]
-struct Cached {
-    token: AccessToken,
-    read_at: std::time::Instant,
-}
-
-/// How long a token read from the store is served from memory before the store is read again
-/// (another replica may have disconnected the mailbox, or refreshed its token). Saves a read
-/// and a decryption per message.
-const CACHE_REVALIDATE_AFTER: Duration = Duration::from_secs(5);
 
 impl TokenManager {
     pub fn new(
@@ -142,7 +126,7 @@ impl TokenManager {
         identity: Arc<IdentityClient>,
         clock: SharedClock,
         settings: TokenSettings,
-        retry: RefreshRetry,
+        retry: Backoff,
     ) -> Self {
         Self {
             store,
@@ -151,13 +135,16 @@ impl TokenManager {
             settings,
             retry,
             flights: Mutex::new(HashMap::new()),
-            cache: Mutex::new(HashMap::new()),
+            cache: TokenCache::default(),
         }
     }
 
     /// A token valid for at least the refresh margin (5 minutes by default).
     pub async fn access_token(&self, mailbox: &Mailbox) -> Result<AccessToken, TokenError> {
-        if let Some(token) = self.cached(mailbox) {
+        if let Some(token) = self
+            .cache
+            .get(mailbox, self.clock.now() + self.settings.refresh_margin)
+        {
             return Ok(token);
         }
         let tokens = self
@@ -168,35 +155,13 @@ impl TokenManager {
         } else {
             AccessToken::from_stored(&tokens)
         };
-        self.remember(mailbox, &token);
+        self.cache.remember(mailbox, &token);
         Ok(token)
     }
 
     /// Drops the mailbox's token from memory (after Disconnect).
     pub fn forget(&self, mailbox: &Mailbox) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(mailbox);
-    }
-
-    fn cached(&self, mailbox: &Mailbox) -> Option<AccessToken> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = cache.get(mailbox)?;
-        let fresh = cached.read_at.elapsed() < CACHE_REVALIDATE_AFTER
-            && cached.token.expires_at - self.clock.now() >= self.settings.refresh_margin;
-        fresh.then(|| cached.token.clone())
-    }
-
-    fn remember(&self, mailbox: &Mailbox, token: &AccessToken) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(
-            mailbox.clone(),
-            Cached {
-                token: token.clone(),
-                read_at: std::time::Instant::now(),
-            },
-        );
+        self.cache.forget(mailbox);
     }
 
     /// Graph answered 401 to `rejected`: a fresh token, refreshed once no matter how many
@@ -215,7 +180,7 @@ impl TokenManager {
                 },
             )
             .await?;
-        self.remember(mailbox, &token);
+        self.cache.remember(mailbox, &token);
         Ok(token)
     }
 
@@ -224,54 +189,7 @@ impl TokenManager {
         self.refresh(mailbox, Need::Now).await
     }
 
-    /// Refreshes what is due: tokens expiring soon and connections idle for too long.
-    pub async fn upkeep(&self) -> UpkeepSummary {
-        let mut summary = UpkeepSummary::default();
-        let mailboxes = match self.store.connected_mailboxes().await {
-            Ok(mailboxes) => mailboxes,
-            Err(error) => {
-                tracing::error!(
-                    error = crate::telemetry::redact_addresses(&error.to_string()),
-                    "token upkeep cannot list mailboxes"
-                );
-                return summary;
-            }
-        };
-        for mailbox in mailboxes {
-            let generation_before = match self.store.tokens(&mailbox).await {
-                Ok(Some(tokens)) if self.needs_refresh(&tokens, Need::Upkeep) => tokens.generation,
-                _ => continue,
-            };
-            match self.refresh(&mailbox, Need::Upkeep).await {
-                Ok(token) if token.generation != generation_before => summary.refreshed += 1,
-                Ok(_) => {}
-                Err(error) => {
-                    summary.failed += 1;
-                    tracing::warn!(
-                        mailbox_domain = mailbox.domain(),
-                        error = crate::telemetry::redact_addresses(&error.to_string()),
-                        "background refresh failed"
-                    );
-                }
-            }
-        }
-        summary
-    }
-
-    /// Runs [`TokenManager::upkeep`] every check interval until `shutdown`.
-    pub fn spawn_upkeep(
-        self: Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        crate::periodic::spawn_every(self.settings.check_interval, shutdown, move || {
-            let tokens = self.clone();
-            async move {
-                tokens.upkeep().await;
-            }
-        })
-    }
-
-    fn needs_refresh(&self, tokens: &StoredTokens, need: Need) -> bool {
+    pub(super) fn needs_refresh(&self, tokens: &StoredTokens, need: Need) -> bool {
         let now = self.clock.now();
         let remaining = tokens.access_token_expires_at - now;
         match need {
@@ -304,11 +222,13 @@ impl TokenManager {
                     .and_then(|record| record.last_error)
                     .unwrap_or_else(|| format!("call Connect again for {mailbox}"));
                 Err(TokenError::ReauthorizationRequired {
-                    advice: format!("{mailbox} must be reauthorized: {advice}"),
+                    mailbox: mailbox.clone(),
+                    aadsts: None,
+                    advice,
                 })
             }
             _ => Err(TokenError::NotConnected {
-                mailbox: mailbox.to_string(),
+                mailbox: mailbox.clone(),
             }),
         }
     }
@@ -318,7 +238,11 @@ impl TokenManager {
         flights.entry(mailbox.clone()).or_default().clone()
     }
 
-    async fn refresh(&self, mailbox: &Mailbox, need: Need) -> Result<AccessToken, TokenError> {
+    pub(super) async fn refresh(
+        &self,
+        mailbox: &Mailbox,
+        need: Need,
+    ) -> Result<AccessToken, TokenError> {
         let flight = self.flight(mailbox);
         let _in_flight = flight.lock().await;
         let mut lock = self.store.lock_tokens(mailbox).await?;
@@ -393,41 +317,30 @@ impl TokenManager {
         }
     }
 
+    /// Redeems the refresh token, retrying outages and throttling with the refresh backoff.
     async fn request_with_retries(
         &self,
         refresh_token: &SecretString,
     ) -> Result<TokenGrant, TokenRequestError> {
-        let mut attempt = 0;
-        loop {
-            match self.identity.refresh(refresh_token).await {
-                Err(error)
-                    if error.class() == ErrorClass::Transient
-                        && attempt + 1 < self.retry.attempts =>
-                {
-                    let delay = self.backoff(attempt);
-                    tracing::warn!(
-                        error = crate::telemetry::redact_addresses(&error.to_string()),
-                        delay_ms = delay.as_millis() as u64,
-                        "token refresh failed; retrying"
-                    );
-                    metrics::token_refresh("retried");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Exponential backoff with full jitter.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .retry
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.retry.max_delay);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+        retry(
+            &self.retry,
+            Instant::now(),
+            || self.identity.refresh(refresh_token),
+            |error: &TokenRequestError| match error.class() {
+                ErrorClass::Transient => Decision::Retry { retry_after: None },
+                _ => Decision::Stop,
+            },
+            |error, _, delay| {
+                tracing::warn!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    delay_ms = delay.as_millis() as u64,
+                    "token refresh failed; retrying"
+                );
+                metrics::token_refresh("retried");
+            },
+        )
+        .await
+        .map_err(|gave_up| gave_up.error)
     }
 
     async fn refresh_failed(
@@ -438,6 +351,10 @@ impl TokenManager {
         need: Need,
     ) -> Result<AccessToken, TokenError> {
         let now = self.clock.now();
+        let aadsts = match &error {
+            TokenRequestError::Microsoft(e) => e.code(),
+            _ => None,
+        };
         let advice = match &error {
             TokenRequestError::Microsoft(e) => {
                 e.advice(mailbox.as_str(), self.identity.redirect_uri())
@@ -457,14 +374,18 @@ impl TokenManager {
                 self.store
                     .mark_reauthorization_required(mailbox, &advice, now)
                     .await?;
-                Err(TokenError::ReauthorizationRequired { advice })
+                Err(TokenError::ReauthorizationRequired {
+                    mailbox: mailbox.clone(),
+                    aadsts,
+                    advice,
+                })
             }
             ErrorClass::Configuration | ErrorClass::ClientSecret => {
                 metrics::token_refresh("configuration_error");
                 self.store
                     .set_last_error(mailbox, ErrorSource::Token, &advice, now)
                     .await?;
-                Err(TokenError::Configuration { advice })
+                Err(TokenError::Configuration { aadsts, advice })
             }
             ErrorClass::Transient | ErrorClass::Unknown => {
                 metrics::token_refresh("transient_error");
