@@ -5,16 +5,17 @@
 //! [`ValidationError`] naming the offending field as the caller wrote it (`to[2].address`).
 
 mod address;
+mod attachment;
 mod idempotency;
 mod message;
 
 use std::fmt;
 
 pub use address::{EmailAddress, Mailbox};
+pub use attachment::Attachment;
 pub use idempotency::IdempotencyKey;
 pub use message::{
-    Attachment, CustomHeader, Importance, MAX_RECIPIENTS, MessageParts, OutgoingMessage, Recipient,
-    human_bytes,
+    CustomHeader, Importance, MAX_RECIPIENTS, MessageParts, OutgoingMessage, Recipient, human_bytes,
 };
 
 /// A field of a request that is not acceptable, and why.

@@ -68,15 +68,16 @@ pub struct GraphClient {
 }
 
 impl GraphClient {
-    /// A client on `base` (such as `https://graph.microsoft.com`).
-    pub fn new(http: reqwest::Client, base: Url) -> Self {
+    /// A client on `base` (such as `https://graph.microsoft.com`); fails when no Graph URL
+    /// can be built on it.
+    pub fn new(http: reqwest::Client, base: Url) -> Result<Self, url::ParseError> {
         let send_mail = format!("{}/v1.0/me/sendMail", base.as_str().trim_end_matches('/'));
-        let send_mail_url = Url::parse(&send_mail).unwrap_or_else(|_| base.clone());
-        Self {
+        let send_mail_url = Url::parse(&send_mail)?;
+        Ok(Self {
             http,
             base,
             send_mail_url,
-        }
+        })
     }
 
     /// The HTTP client Graph needs: TLS (rustls), connect and request timeouts, no redirects.

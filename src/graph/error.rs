@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::{
     domain::{Mailbox, ValidationError},
-    mailer::MailerError,
+    transport::{RequestIds, SendError},
 };
 
 /// `{"error": {"code", "message", "innerError": {"request-id", "client-request-id", "date"}}}`
@@ -51,12 +51,12 @@ pub struct GraphFailure {
 }
 
 impl GraphFailure {
-    fn ids(&self) -> String {
-        format!(
-            "request-id {}, client-request-id {}",
-            self.request_id.as_deref().unwrap_or("-"),
-            self.client_request_id.as_deref().unwrap_or("-")
-        )
+    /// The support identifiers of this answer.
+    pub fn ids(&self) -> RequestIds {
+        RequestIds {
+            request_id: self.request_id.clone(),
+            client_request_id: self.client_request_id.clone(),
+        }
     }
 
     fn code_or_status(&self) -> String {
@@ -66,78 +66,58 @@ impl GraphFailure {
             self.error.code.clone()
         }
     }
-}
 
-/// The Graph error table: what a caller gets for each answer that is not retried.
-pub fn map_failure(failure: &GraphFailure, mailbox: &Mailbox) -> MailerError {
-    let message = &failure.error.message;
-    match failure.error.code.as_str() {
-        "ErrorInvalidRecipients" => ValidationError::new(
-            "recipients",
-            format!("Microsoft rejected the recipients (ErrorInvalidRecipients): {message}"),
-        )
-        .into(),
-        "ErrorSendAsDenied" => MailerError::PermissionDenied(format!(
-            "Microsoft refused to send as {mailbox} (ErrorSendAsDenied): the account that \
-             connected it has no right to send as this address; connect the mailbox with its \
-             owner's account"
-        )),
-        "ErrorAccessDenied" => MailerError::PermissionDenied(format!(
-            "Microsoft denied access for {mailbox} (ErrorAccessDenied): the delegated permission \
-             Mail.Send is missing or was revoked; add it to the app registration, grant consent, \
-             then call Connect again with force_consent"
-        )),
-        "MailboxNotEnabledForRESTAPI" => MailerError::FailedPrecondition(format!(
-            "{mailbox} cannot send through Microsoft Graph (MailboxNotEnabledForRESTAPI): the \
-             mailbox has no Exchange Online licence or is on-premises"
-        )),
-        "ErrorQuotaExceeded" => MailerError::ResourceExhausted {
-            message: format!(
-                "{mailbox}'s mailbox is full (ErrorQuotaExceeded): free space in it or raise its \
-                 quota, then send again"
-            ),
-            retry_after: None,
-        },
-        "ErrorMessageSizeExceeded" => ValidationError::new(
-            "message",
-            format!(
-                "Microsoft refused the message's size for {mailbox} (ErrorMessageSizeExceeded): \
-                 the mailbox's limit is lower than this message (35 MB by default; an Exchange \
-                 administrator can raise it up to 150 MB)"
-            ),
-        )
-        .into(),
-        "InvalidInternetMessageHeaderCollection" => ValidationError::new(
-            "headers",
-            format!("Microsoft refused the custom headers: {message}"),
-        )
-        .into(),
-        _ if failure.status == 413 => ValidationError::new(
-            "message",
-            format!(
-                "Microsoft refused the request as too large ({})",
-                failure.ids()
-            ),
-        )
-        .into(),
-        _ if failure.status == 403 => MailerError::PermissionDenied(format!(
-            "Microsoft refused the request for {mailbox} ({}: {message}; {})",
-            failure.code_or_status(),
-            failure.ids()
-        )),
-        _ => MailerError::Internal(format!(
-            "Microsoft Graph answered {} {}: {message} ({})",
-            failure.status,
-            failure.code_or_status(),
-            failure.ids()
-        )),
+    /// The Graph error table: what an answer that is not retried means for the send.
+    pub fn into_send_error(self, mailbox: &Mailbox) -> SendError {
+        let mailbox = mailbox.clone();
+        let message = self.error.message.clone();
+        match self.error.code.as_str() {
+            "ErrorInvalidRecipients" => ValidationError::new(
+                "recipients",
+                format!("Microsoft rejected the recipients (ErrorInvalidRecipients): {message}"),
+            )
+            .into(),
+            "ErrorSendAsDenied" => SendError::SendAsDenied { mailbox },
+            "ErrorAccessDenied" => SendError::AccessDenied { mailbox },
+            "MailboxNotEnabledForRESTAPI" => SendError::MailboxNotEnabled { mailbox },
+            "ErrorQuotaExceeded" => SendError::MailboxFull { mailbox },
+            "ErrorMessageSizeExceeded" => ValidationError::new(
+                "message",
+                format!(
+                    "Microsoft refused the message's size for {mailbox} (ErrorMessageSizeExceeded): \
+                     the mailbox's limit is lower than this message (35 MB by default; an Exchange \
+                     administrator can raise it up to 150 MB)"
+                ),
+            )
+            .into(),
+            "InvalidInternetMessageHeaderCollection" => ValidationError::new(
+                "headers",
+                format!("Microsoft refused the custom headers: {message}"),
+            )
+            .into(),
+            _ if self.status == 413 => ValidationError::new(
+                "message",
+                format!("Microsoft refused the request as too large ({})", self.ids()),
+            )
+            .into(),
+            _ if self.status == 403 => SendError::Forbidden {
+                mailbox,
+                code: self.code_or_status(),
+                message,
+                ids: self.ids(),
+            },
+            _ => SendError::Unexpected {
+                status: self.status,
+                code: self.code_or_status(),
+                message,
+                ids: self.ids(),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
 
     fn failure(status: u16, code: &str) -> GraphFailure {
@@ -154,58 +134,47 @@ mod tests {
         }
     }
 
-    fn code_of(status: u16, code: &str) -> (Code, String) {
+    fn meaning(status: u16, code: &str) -> SendError {
         let mailbox = Mailbox::parse("mailbox", "noreply@contoso.com").unwrap();
-        let status = tonic::Status::from(map_failure(&failure(status, code), &mailbox));
-        (status.code(), status.message().to_owned())
+        failure(status, code).into_send_error(&mailbox)
     }
 
     #[test]
-    fn the_error_table_maps_each_code_to_its_status() {
-        let table = [
-            (
-                400,
-                "ErrorInvalidRecipients",
-                Code::InvalidArgument,
-                "recipients",
-            ),
-            (403, "ErrorSendAsDenied", Code::PermissionDenied, "send as"),
-            (
-                403,
-                "ErrorAccessDenied",
-                Code::PermissionDenied,
-                "Mail.Send",
-            ),
-            (
-                400,
-                "MailboxNotEnabledForRESTAPI",
-                Code::FailedPrecondition,
-                "no Exchange Online licence or is on-premises",
-            ),
-            (
-                400,
-                "ErrorQuotaExceeded",
-                Code::ResourceExhausted,
-                "mailbox is full",
-            ),
-            (
-                400,
-                "ErrorMessageSizeExceeded",
-                Code::InvalidArgument,
-                "ErrorMessageSizeExceeded",
-            ),
-        ];
-        for (status, code, expected, phrase) in table {
-            let (got, message) = code_of(status, code);
-            assert_eq!(got, expected, "{code}");
-            assert!(message.contains(phrase), "{code}: {message}");
-        }
+    fn the_error_table_names_what_happened() {
+        assert!(
+            matches!(meaning(400, "ErrorInvalidRecipients"), SendError::Invalid(v) if v.field == "recipients")
+        );
+        assert!(matches!(
+            meaning(403, "ErrorSendAsDenied"),
+            SendError::SendAsDenied { .. }
+        ));
+        assert!(matches!(
+            meaning(403, "ErrorAccessDenied"),
+            SendError::AccessDenied { .. }
+        ));
+        assert!(matches!(
+            meaning(400, "MailboxNotEnabledForRESTAPI"),
+            SendError::MailboxNotEnabled { .. }
+        ));
+        assert!(matches!(
+            meaning(400, "ErrorQuotaExceeded"),
+            SendError::MailboxFull { .. }
+        ));
+        assert!(
+            matches!(meaning(400, "ErrorMessageSizeExceeded"), SendError::Invalid(v) if v.field == "message")
+        );
+        assert!(matches!(meaning(413, ""), SendError::Invalid(v) if v.field == "message"));
+        assert!(matches!(
+            meaning(403, "ErrorSomethingElse"),
+            SendError::Forbidden { .. }
+        ));
     }
 
     #[test]
-    fn unknown_codes_are_internal_with_both_request_ids() {
-        let (code, message) = code_of(500, "ErrorSomethingNew");
-        assert_eq!(code, Code::Internal);
+    fn unknown_codes_are_unexpected_with_both_request_ids() {
+        let error = meaning(500, "ErrorSomethingNew");
+        assert!(matches!(error, SendError::Unexpected { status: 500, .. }));
+        let message = error.to_string();
         assert!(message.contains("request-id req-1"), "{message}");
         assert!(message.contains("client-request-id msg-1"), "{message}");
     }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::{SendError, Transport};
 use crate::{
     clock::SharedClock,
     domain::{Mailbox, OutgoingMessage},
-    mailer::MailerError,
     mime::{self, AttachmentSelection, Envelope},
 };
 
@@ -33,14 +33,26 @@ impl SandboxTransport {
     pub fn mailbox_dir(&self, mailbox: &Mailbox) -> PathBuf {
         self.root.join(safe_file_name(mailbox.as_str()))
     }
+}
+
+#[async_trait::async_trait]
+impl Transport for SandboxTransport {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    /// Any address may send: nothing is delivered.
+    fn needs_connected_mailboxes(&self) -> bool {
+        false
+    }
 
     /// Writes the message; the file appears complete or not at all.
-    pub async fn send(
+    async fn send(
         &self,
         mailbox: &Mailbox,
         message: &OutgoingMessage,
         message_id: &str,
-    ) -> Result<DateTime<Utc>, MailerError> {
+    ) -> Result<DateTime<Utc>, SendError> {
         let now = self.clock.now();
         let dir = self.mailbox_dir(mailbox);
         let file = dir.join(format!(
@@ -64,10 +76,11 @@ impl SandboxTransport {
             write_atomically(&dir, &file, &raw)
         })
         .await
-        .map_err(|e| MailerError::Internal(format!("sandbox writer failed: {e}")))?
-        .map_err(|e| {
-            MailerError::unavailable(format!("the sandbox cannot write its .eml file: {e}"))
-        })?;
+        .map_err(|e| SendError::Internal {
+            what: "the sandbox writer",
+            reason: e.to_string(),
+        })?
+        .map_err(SendError::Storage)?;
         Ok(now)
     }
 }
