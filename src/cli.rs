@@ -6,37 +6,18 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     check,
-    settings::Settings,
+    settings::{Settings, names},
     shutdown,
     startup::Application,
-    telemetry::{self, LogTarget},
+    telemetry,
 };
-
-const SETTINGS_HELP: &str = "\
-Settings come from GRAPH_MAILER_* environment variables, optionally from a TOML file
-(--config; keys are the variable names without the prefix, in lower case), the environment
-winning. The main ones (all are listed in the README):
-
-  GRAPH_MAILER_TENANT_ID            Entra tenant GUID (or verified domain); unset = sandbox
-  GRAPH_MAILER_CLIENT_ID            the app registration's Application (client) ID
-  GRAPH_MAILER_CLIENT_SECRET(_FILE) the client secret's Value (a file is re-read on change)
-  GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT  e.g. 2027-05-31: warnings start 30 days before
-  GRAPH_MAILER_PUBLIC_URL           default http://localhost:8080; redirect URI = it + /oauth2/callback
-  GRAPH_MAILER_GRPC_ADDR            default 0.0.0.0:50051
-  GRAPH_MAILER_HTTP_ADDR            default 0.0.0.0:8080 (OAuth callback, /healthz, /readyz, /metrics)
-  GRAPH_MAILER_DATA_DIR             default ./data (SQLite file, encryption key, sandbox .eml files)
-  GRAPH_MAILER_DATABASE_URL         default SQLite in the data dir; postgres://… for replicas
-  GRAPH_MAILER_ENCRYPTION_KEY(_FILE) 32 bytes, base64; generated into the data dir when unset
-  GRAPH_MAILER_TRANSPORT            graph (when a tenant is set) or sandbox
-  GRAPH_MAILER_LOG_FORMAT           text or json
-  RUST_LOG                          log filter, default info";
 
 /// graph-mailer: send email as Microsoft 365 mailboxes through Microsoft Graph, over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "graph-mailer", version, after_help = SETTINGS_HELP)]
+#[command(name = "graph-mailer", version, after_help = names::help_text())]
 pub struct Cli {
     /// A TOML file with settings; GRAPH_MAILER_* environment variables override its values.
-    #[arg(long, global = true, env = "GRAPH_MAILER_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, env = names::CONFIG, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -102,7 +83,7 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let _flush_logs_at_exit = telemetry::init(settings.log_format, LogTarget::Stdout);
+            let _flush_logs_at_exit = telemetry::init(settings.log_format);
             match serve(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

@@ -17,11 +17,14 @@
 //!   idempotency keys, with tokens encrypted at rest.
 //! - [`oauth`]: the Microsoft identity platform: authorization URLs, code redemption, the
 //!   verified sign-in, the refresh engine and the client secret's life.
-//! - [`graph`]: the Microsoft Graph client, its payloads and its error table.
-//! - [`transport`]: where a validated message goes: Graph (with retries and concurrency
-//!   limits) or the sandbox.
-//! - [`mailer`]: the application core behind every RPC: Connect, SendMail (idempotency,
+//! - [`transport`]: the [`transport::Transport`] trait every delivery route implements, its
+//!   error type, and the sandbox.
+//! - [`graph`]: Microsoft Graph: the HTTP client, payloads, error table, and the Graph
+//!   transport (retries, concurrency limit, upload sessions).
+//! - [`retry`]: the one backoff policy, shared by Graph calls and token refreshes.
+//! - [`postoffice`]: the application core behind every RPC: Connect, SendMail (idempotency,
 //!   counters), Status, Disconnect.
+//! - [`upkeep`]: background chores: purging, state gauges, secret-expiry warnings.
 //! - [`grpc`]: the tonic service, health, reflection and the one mapping of errors to statuses.
 //! - [`health`]: readiness, told alike to gRPC health checks and `/readyz`.
 //! - [`http`]: the HTTP side: OAuth callback, liveness, readiness, metrics.
@@ -35,20 +38,22 @@ pub mod clock;
 pub mod domain;
 pub mod graph;
 pub mod grpc;
-pub mod health;
-pub mod http;
-pub mod mailer;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod mime;
 pub mod oauth;
-pub mod periodic;
+pub(crate) mod periodic;
+pub(crate) mod postoffice;
 pub mod proto;
+pub mod retry;
 pub mod settings;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
-pub mod transport;
+pub(crate) mod telemetry;
+pub(crate) mod transport;
+pub(crate) mod upkeep;
 
 /// The service's version, reported by Status and the build-info metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

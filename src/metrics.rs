@@ -83,7 +83,10 @@ fn describe() {
     );
     describe_gauge!(
         "graph_mailer_client_secret_expiry_timestamp_seconds",
-        "When the client secret expires (Unix time), from GRAPH_MAILER_CLIENT_SECRET_EXPIRES_AT"
+        format!(
+            "When the client secret expires (Unix time), from {}",
+            crate::settings::names::CLIENT_SECRET_EXPIRES_AT
+        )
     );
     describe_gauge!(
         "graph_mailer_build_info",

@@ -14,21 +14,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::{SharedClock, SystemClock},
-    graph::GraphClient,
+    graph::{GraphClient, GraphTransport},
     grpc,
     health::Health,
     http::{self, HttpState},
-    mailer::{Mailer, SecretExpiry},
     metrics,
-    oauth::{ClientSecretProvider, ConnectFlow, IdentityClient, RefreshRetry, TokenManager},
+    oauth::{
+        ClientSecretProvider, ConnectFlow, IdentityClient, REFRESH_BACKOFF, SecretExpiry,
+        TokenManager,
+    },
     periodic::spawn_every,
-    settings::{AzureSettings, Settings},
+    postoffice::PostOffice,
+    retry::Backoff,
+    settings::{AzureSettings, Settings, names},
     store::{KeyOrigin, Store, TokenCipher},
-    transport::{GraphTransport, SandboxTransport, Transport},
+    transport::{SandboxTransport, SharedTransport},
+    upkeep::Upkeep,
 };
 
 /// How often expired keys and links are purged and state gauges published.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often buffered send counters are written to the store.
 const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -36,7 +41,8 @@ const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Overrides {
     pub clock: SharedClock,
-    pub refresh_retry: RefreshRetry,
+    /// How token refreshes are retried.
+    pub refresh_backoff: Backoff,
     /// A listener bound in advance (so the public URL can name its port before the build).
     pub http_listener: Option<TcpListener>,
 }
@@ -45,7 +51,7 @@ impl Default for Overrides {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            refresh_retry: RefreshRetry::default(),
+            refresh_backoff: REFRESH_BACKOFF,
             http_listener: None,
         }
     }
@@ -60,7 +66,8 @@ pub struct Application {
     http_router: axum::Router,
     health: Arc<Health>,
     store: Store,
-    mailer: Arc<Mailer>,
+    post_office: Arc<PostOffice>,
+    upkeep: Arc<Upkeep>,
     tokens: Option<Arc<TokenManager>>,
     secret: Option<Arc<ClientSecretProvider>>,
 }
@@ -70,7 +77,7 @@ pub(crate) struct Microsoft {
     pub(crate) tokens: Arc<TokenManager>,
     pub(crate) connect: Arc<ConnectFlow>,
     pub(crate) secret: Arc<ClientSecretProvider>,
-    pub(crate) transport: Transport,
+    pub(crate) transport: SharedTransport,
 }
 
 impl Application {
@@ -103,7 +110,8 @@ impl Application {
         }
         let (transport, tokens, connect, secret) = match &settings.azure {
             Some(azure) => {
-                let m = wire_microsoft(&settings, azure, &store, &clock, overrides.refresh_retry)?;
+                let m =
+                    wire_microsoft(&settings, azure, &store, &clock, overrides.refresh_backoff)?;
                 (m.transport, Some(m.tokens), Some(m.connect), Some(m.secret))
             }
             None => {
@@ -112,18 +120,20 @@ impl Application {
                      every message is written as an .eml file under {}",
                     settings.data_dir.join("sandbox").display()
                 );
-                let sandbox = SandboxTransport::new(&settings.data_dir, clock.clone());
-                (Transport::Sandbox(sandbox), None, None, None)
+                let sandbox: SharedTransport =
+                    Arc::new(SandboxTransport::new(&settings.data_dir, clock.clone()));
+                (sandbox, None, None, None)
             }
         };
-        let mailer = Arc::new(Mailer::new(
+        let post_office = Arc::new(PostOffice::new(
             store.clone(),
             clock.clone(),
             transport,
             connect.clone(),
             secret_expiry,
         ));
-        let (grpc_routes, reporter) = grpc::routes(mailer.clone(), settings.max_message_bytes)
+        let upkeep = Arc::new(Upkeep::new(store.clone(), clock.clone(), secret_expiry));
+        let (grpc_routes, reporter) = grpc::routes(post_office.clone(), settings.max_message_bytes)
             .context("building the gRPC services")?;
         let health = Arc::new(Health::new(reporter));
         let http_router = http::router(HttpState {
@@ -135,8 +145,9 @@ impl Application {
             .await
             .with_context(|| {
                 format!(
-                    "cannot listen for gRPC on {} (GRAPH_MAILER_GRPC_ADDR)",
-                    settings.grpc_addr
+                    "cannot listen for gRPC on {} ({})",
+                    settings.grpc_addr,
+                    names::GRPC_ADDR
                 )
             })?;
         let http_listener = match overrides.http_listener {
@@ -145,8 +156,9 @@ impl Application {
                 .await
                 .with_context(|| {
                     format!(
-                        "cannot listen for HTTP on {} (GRAPH_MAILER_HTTP_ADDR)",
-                        settings.http_addr
+                        "cannot listen for HTTP on {} ({})",
+                        settings.http_addr,
+                        names::HTTP_ADDR
                     )
                 })?,
         };
@@ -158,7 +170,8 @@ impl Application {
             http_router,
             health,
             store,
-            mailer,
+            post_office,
+            upkeep,
             tokens,
             secret,
         })
@@ -201,7 +214,8 @@ impl Application {
             http_router,
             health,
             store,
-            mailer,
+            post_office,
+            upkeep,
             tokens,
             secret,
         } = self;
@@ -211,18 +225,15 @@ impl Application {
             health
                 .clone()
                 .spawn_monitor(store.clone(), settings.health_interval, stop.clone()),
-            spawn_every(MAINTENANCE_INTERVAL, stop.clone(), {
-                let mailer = mailer.clone();
-                move || {
-                    let mailer = mailer.clone();
-                    async move { mailer.maintain().await }
-                }
+            spawn_every(UPKEEP_INTERVAL, stop.clone(), move || {
+                let upkeep = upkeep.clone();
+                async move { upkeep.run_once().await }
             }),
             spawn_every(COUNTER_FLUSH_INTERVAL, stop.clone(), {
-                let mailer = mailer.clone();
+                let post_office = post_office.clone();
                 move || {
-                    let mailer = mailer.clone();
-                    async move { mailer.flush_counters().await }
+                    let post_office = post_office.clone();
+                    async move { post_office.flush_counters().await }
                 }
             }),
         ];
@@ -237,7 +248,7 @@ impl Application {
         tracing::info!(
             %grpc_addr,
             %http_addr,
-            transport = mailer.transport_kind().as_str(),
+            transport = post_office.transport_name(),
             version = crate::VERSION,
             "graph-mailer serving"
         );
@@ -249,7 +260,7 @@ impl Application {
         for task in background {
             task.abort();
         }
-        mailer.flush_counters().await;
+        post_office.flush_counters().await;
         store.close().await;
         tracing::info!("graph-mailer stopped");
         Ok(())
@@ -313,8 +324,8 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         KeyOrigin::GeneratedFile(path) => tracing::warn!(
             path,
             "generated a new encryption key for stored tokens; keep it (and back it up): without it \
-             the stored connections cannot be read. Set GRAPH_MAILER_ENCRYPTION_KEY(_FILE) to share \
-             it between replicas"
+             the stored connections cannot be read. Set {}(_FILE) to share it between replicas",
+            names::ENCRYPTION_KEY
         ),
         KeyOrigin::ExistingFile(path) => tracing::info!(path, "encryption key loaded"),
         KeyOrigin::Configured => {}
@@ -336,7 +347,7 @@ pub(crate) fn wire_microsoft(
     azure: &AzureSettings,
     store: &Store,
     clock: &SharedClock,
-    refresh_retry: RefreshRetry,
+    refresh_backoff: Backoff,
 ) -> anyhow::Result<Microsoft> {
     let secret =
         Arc::new(ClientSecretProvider::load(&azure.client_secret).map_err(anyhow::Error::msg)?);
@@ -352,7 +363,7 @@ pub(crate) fn wire_microsoft(
         identity.clone(),
         clock.clone(),
         settings.tokens.clone(),
-        refresh_retry,
+        refresh_backoff,
     ));
     let connect = Arc::new(ConnectFlow::new(
         identity.clone(),
@@ -366,13 +377,14 @@ pub(crate) fn wire_microsoft(
         )
         .context("building the Graph HTTP client")?,
         settings.graph_url.clone(),
-    );
-    let transport = Transport::Graph(Box::new(GraphTransport::new(
+    )
+    .with_context(|| format!("{} cannot be used for Graph's URLs", names::GRAPH_URL))?;
+    let transport: SharedTransport = Arc::new(GraphTransport::new(
         graph,
         tokens.clone(),
         clock.clone(),
-        settings.graph.clone(),
-    )));
+        &settings.graph,
+    ));
     tracing::info!(
         tenant = %azure.tenant,
         redirect_uri = settings.public_url.redirect_uri(),

@@ -14,49 +14,25 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::settings::LogFormat;
 
-/// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
-    /// The service's own output, written in batches by a writer thread.
-    Stdout,
-    /// Commands whose stdout is their result (`check`, `healthcheck`), written directly.
-    Stderr,
-}
-
 const DEFAULT_FILTER: &str =
     "info,sqlx=warn,h2=warn,hyper=warn,hyper_util=warn,tower=warn,reqwest=warn";
 
-/// Installs the global subscriber (once; later calls are ignored). Keep the guard until exit:
-/// dropping it flushes what is still buffered.
-pub fn init(format: LogFormat, target: LogTarget) -> Option<WorkerGuard> {
+/// Installs the global subscriber writing to stdout through the batching writer thread (once;
+/// later calls are ignored). Keep the guard until exit: dropping it flushes what is still
+/// buffered.
+pub(crate) fn init(format: LogFormat) -> Option<WorkerGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
-    match target {
-        LogTarget::Stdout => {
-            let (writer, guard) = NonBlockingBuilder::default()
-                .lossy(false)
-                .thread_name("graph-mailer-log")
-                .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-            let installed = match format {
-                LogFormat::Json => registry.with(json_layer().with_writer(writer)).try_init(),
-                LogFormat::Text => registry.with(fmt::layer().with_writer(writer)).try_init(),
-            };
-            installed.ok().map(|()| guard)
-        }
-        LogTarget::Stderr => {
-            // Already installed (tests run several applications in one process): keep the first.
-            let _ = match format {
-                LogFormat::Json => registry
-                    .with(json_layer().with_writer(std::io::stderr))
-                    .try_init(),
-                LogFormat::Text => registry
-                    .with(fmt::layer().with_writer(std::io::stderr))
-                    .try_init(),
-            };
-            None
-        }
-    }
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("graph-mailer-log")
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let installed = match format {
+        LogFormat::Json => registry.with(json_layer().with_writer(writer)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(writer)).try_init(),
+    };
+    installed.ok().map(|()| guard)
 }
 
 fn json_layer<S>() -> fmt::Layer<S, fmt::format::JsonFields, fmt::format::Format<fmt::format::Json>>

@@ -11,7 +11,7 @@ use crate::{
         Attachment, CustomHeader, IdempotencyKey, Importance, Mailbox, MessageParts,
         OutgoingMessage, Recipient, ValidationError,
     },
-    mailer::{SendReceipt, SendRequest, ServiceStatus},
+    postoffice::{SendReceipt, SendRequest, ServiceStatus},
     proto,
     store::{ConnectionState, MailboxRecord},
 };
@@ -155,7 +155,7 @@ pub fn send_response(receipt: SendReceipt) -> proto::SendMailResponse {
 pub fn status_response(status: ServiceStatus) -> proto::StatusResponse {
     proto::StatusResponse {
         mailboxes: status.mailboxes.into_iter().map(mailbox_status).collect(),
-        transport: status.transport.as_str().to_owned(),
+        transport: status.transport.to_owned(),
         client_secret_expires_at: status.client_secret_expires_at.map(to_timestamp),
         version: crate::VERSION.to_owned(),
         warnings: status.warnings,

@@ -1,24 +1,24 @@
 //! The gRPC server: the Mailer service, standard health checks and reflection.
 
 pub mod convert;
-pub mod service;
-mod status;
+pub(crate) mod service;
+pub(crate) mod status;
 
 use std::sync::Arc;
 
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-pub use service::MailerService;
+pub use service::MailerApi;
 
-use crate::{mailer::Mailer, proto};
+use crate::{postoffice::PostOffice, proto};
 
 /// Room for everything in a SendMailRequest besides the message's own bytes.
 const ENVELOPE_ALLOWANCE: usize = 8 * 1024 * 1024;
 
 /// The routes of the gRPC server, and the reporter that sets their health.
 pub fn routes(
-    mailer: Arc<Mailer>,
+    post_office: Arc<PostOffice>,
     max_message_bytes: u64,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -26,7 +26,7 @@ pub fn routes(
         .unwrap_or(usize::MAX)
         .saturating_add(ENVELOPE_ALLOWANCE);
     let mailer =
-        proto::mailer_server::MailerServer::new(MailerService::new(mailer, max_message_bytes))
+        proto::mailer_server::MailerServer::new(MailerApi::new(post_office, max_message_bytes))
             .max_decoding_message_size(decoding_limit);
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder

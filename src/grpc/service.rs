@@ -1,23 +1,30 @@
-//! The `graphmailer.v1.Mailer` service: parses each request, calls the core, answers.
+//! The `graphmailer.v1.Mailer` service: parses each request, calls the core, answers, and
+//! writes the one log line (and the metrics) of each SendMail.
 
 use std::{future::Future, sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use crate::{clock::to_timestamp, mailer::Mailer, proto};
+use super::{convert, status};
+use crate::{
+    clock::to_timestamp,
+    domain::Mailbox,
+    metrics,
+    postoffice::{Error, PostOffice, SendReceipt, SendRequest},
+    proto,
+};
 
-/// The gRPC face of [`Mailer`].
+/// The gRPC face of the [`PostOffice`]: implements the generated `Mailer` trait.
 #[derive(Debug, Clone)]
-pub struct MailerService {
-    mailer: Arc<Mailer>,
+pub struct MailerApi {
+    post_office: Arc<PostOffice>,
     max_message_bytes: u64,
 }
 
-impl MailerService {
-    pub fn new(mailer: Arc<Mailer>, max_message_bytes: u64) -> Self {
+impl MailerApi {
+    pub fn new(post_office: Arc<PostOffice>, max_message_bytes: u64) -> Self {
         Self {
-            mailer,
+            post_office,
             max_message_bytes,
         }
     }
@@ -27,28 +34,34 @@ impl MailerService {
 /// its own span naming the message, and a span per call costs time on the hot path.)
 async fn observe<T>(
     rpc: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
+    call: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
     let result = call.await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     // Successes are logged by the core where it has something to say (SendMail's line names
     // the message); failures here, with the status the caller got.
-    match &result {
-        Ok(_) => tracing::debug!(rpc, duration_ms, code = "OK", "rpc finished"),
-        Err(status) => tracing::info!(
-            rpc,
-            duration_ms,
-            code = ?status.code(),
-            message = crate::telemetry::redact_addresses(status.message()),
-            "rpc failed"
-        ),
+    match result {
+        Ok(response) => {
+            tracing::debug!(rpc, duration_ms, code = "OK", "rpc finished");
+            Ok(Response::new(response))
+        }
+        Err(error) => {
+            let fault = error.is_service_fault();
+            let status = Status::from(error);
+            let message = crate::telemetry::redact_addresses(status.message());
+            if fault {
+                tracing::error!(rpc, duration_ms, code = ?status.code(), message, "rpc failed");
+            } else {
+                tracing::info!(rpc, duration_ms, code = ?status.code(), message, "rpc failed");
+            }
+            Err(status)
+        }
     }
-    result.map(Response::new)
 }
 
 #[tonic::async_trait]
-impl proto::mailer_server::Mailer for MailerService {
+impl proto::mailer_server::Mailer for MailerApi {
     async fn connect(
         &self,
         request: Request<proto::ConnectRequest>,
@@ -56,7 +69,10 @@ impl proto::mailer_server::Mailer for MailerService {
         observe("Connect", async {
             let request = request.into_inner();
             let mailbox = convert::mailbox(&request.mailbox)?;
-            let link = self.mailer.connect(&mailbox, request.force_consent).await?;
+            let link = self
+                .post_office
+                .connect(&mailbox, request.force_consent)
+                .await?;
             Ok(proto::ConnectResponse {
                 authorization_url: link.url,
                 expires_at: Some(to_timestamp(link.expires_at)),
@@ -71,8 +87,23 @@ impl proto::mailer_server::Mailer for MailerService {
     ) -> Result<Response<proto::SendMailResponse>, Status> {
         observe("SendMail", async {
             let request = convert::send_request(request.into_inner(), self.max_message_bytes)?;
-            let receipt = self.mailer.send(request).await?;
-            Ok(convert::send_response(receipt))
+            let started = Instant::now();
+            let _in_flight = metrics::InFlight::start();
+            let mailbox = self
+                .post_office
+                .resolve_sender(request.mailbox.as_ref())
+                .await?;
+            let message_id = uuid::Uuid::now_v7().to_string();
+            let result = self.post_office.send(&mailbox, &request, &message_id).await;
+            let outcome = SendOutcome {
+                mailbox: &mailbox,
+                request: &request,
+                message_id: &message_id,
+                result: &result,
+                started,
+            };
+            outcome.record(self.post_office.transport_name());
+            Ok(convert::send_response(result?))
         })
         .await
     }
@@ -83,7 +114,7 @@ impl proto::mailer_server::Mailer for MailerService {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         observe("Status", async {
             let mailbox = convert::optional_mailbox(&request.into_inner().mailbox)?;
-            let status = self.mailer.status(mailbox.as_ref()).await?;
+            let status = self.post_office.status(mailbox.as_ref()).await?;
             Ok(convert::status_response(status))
         })
         .await
@@ -95,9 +126,63 @@ impl proto::mailer_server::Mailer for MailerService {
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
         observe("Disconnect", async {
             let mailbox = convert::mailbox(&request.into_inner().mailbox)?;
-            self.mailer.disconnect(&mailbox).await?;
+            self.post_office.disconnect(&mailbox).await?;
             Ok(proto::DisconnectResponse {})
         })
         .await
+    }
+}
+
+/// How one SendMail ended, for its log line and metrics.
+struct SendOutcome<'a> {
+    mailbox: &'a Mailbox,
+    request: &'a SendRequest,
+    message_id: &'a str,
+    result: &'a Result<SendReceipt, Error>,
+    started: Instant,
+}
+
+impl SendOutcome<'_> {
+    /// One line per SendMail: what was sent (by domain), its id, and how it ended; and the
+    /// send counters and duration histogram.
+    fn record(&self, transport: &'static str) {
+        let duration = self.started.elapsed();
+        let (outcome, code) = match self.result {
+            Ok(receipt) if receipt.deduplicated => ("deduplicated", "OK"),
+            Ok(_) => ("sent", "OK"),
+            Err(error) => ("failed", status::code_name(status::code(error))),
+        };
+        metrics::send_finished(
+            self.mailbox.domain(),
+            outcome,
+            code,
+            duration.as_secs_f64(),
+            transport,
+        );
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        let message = &self.request.message;
+        let recipient_domains = message.recipient_domains().join(",");
+        match self.result {
+            Ok(receipt) => tracing::info!(
+                rpc = "SendMail",
+                message_id = receipt.message_id,
+                mailbox_domain = self.mailbox.domain(),
+                recipient_domains,
+                attachments = message.attachments().len(),
+                outcome,
+                duration_ms,
+                "message accepted"
+            ),
+            Err(error) => tracing::warn!(
+                rpc = "SendMail",
+                message_id = self.message_id,
+                mailbox_domain = self.mailbox.domain(),
+                recipient_domains,
+                code,
+                error = crate::telemetry::redact_addresses(&error.to_string()),
+                duration_ms,
+                "message not sent"
+            ),
+        }
     }
 }

@@ -7,48 +7,114 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{domain::ValidationError, mailer::MailerError};
+use crate::{domain::ValidationError, oauth::TokenError, postoffice::Error, transport::SendError};
 
-impl From<MailerError> for Status {
-    fn from(error: MailerError) -> Self {
+/// The code a caller gets for `error`.
+pub fn code(error: &Error) -> Code {
+    match error {
+        Error::Invalid(_) => Code::InvalidArgument,
+        Error::UnknownMailbox { .. } => Code::NotFound,
+        Error::ConnectNeedsMicrosoft
+        | Error::NoMailboxConnected
+        | Error::SenderAmbiguous { .. }
+        | Error::EarlierOutcomeUnknown { .. } => Code::FailedPrecondition,
+        Error::KeyReused { .. } => Code::AlreadyExists,
+        Error::KeyInUse { .. } => Code::Aborted,
+        Error::SignInLink(_) => Code::Internal,
+        Error::Store(store) if store.is_undecryptable() => Code::FailedPrecondition,
+        Error::Store(_) => Code::Unavailable,
+        Error::Delivery(send) => send_code(send),
+    }
+}
+
+fn send_code(error: &SendError) -> Code {
+    match error {
+        SendError::Invalid(_) => Code::InvalidArgument,
+        SendError::Token(token) => token_code(token),
+        SendError::MissingPermission { .. } | SendError::MailboxNotEnabled { .. } => {
+            Code::FailedPrecondition
+        }
+        SendError::SendAsDenied { .. }
+        | SendError::AccessDenied { .. }
+        | SendError::Forbidden { .. } => Code::PermissionDenied,
+        SendError::MailboxFull { .. } | SendError::Throttled { .. } => Code::ResourceExhausted,
+        SendError::ProviderUnavailable { .. }
+        | SendError::Unreachable { .. }
+        | SendError::NoAnswerWhilePreparing { .. }
+        | SendError::MailboxBusy { .. }
+        | SendError::OutcomeUnknown { .. }
+        | SendError::Storage(_) => Code::Unavailable,
+        SendError::Unexpected { .. } | SendError::Internal { .. } => Code::Internal,
+    }
+}
+
+fn token_code(error: &TokenError) -> Code {
+    match error {
+        TokenError::NotConnected { .. }
+        | TokenError::ReauthorizationRequired { .. }
+        | TokenError::Configuration { .. } => Code::FailedPrecondition,
+        TokenError::Unavailable { .. } => Code::Unavailable,
+        TokenError::Store(store) if store.is_undecryptable() => Code::FailedPrecondition,
+        TokenError::Store(_) => Code::Unavailable,
+    }
+}
+
+/// The code's name as metrics and logs show it (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let code = code(&error);
         let message = error.to_string();
         match error {
-            MailerError::Invalid(ValidationError { field, reason }) => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, reason),
-            ),
-            MailerError::NotFound(_) => Status::not_found(message),
-            MailerError::FailedPrecondition(_) => Status::failed_precondition(message),
-            MailerError::PermissionDenied(_) => Status::permission_denied(message),
-            MailerError::AlreadyExists(_) => Status::already_exists(message),
-            MailerError::Aborted(_) => Status::aborted(message),
-            MailerError::ResourceExhausted { retry_after, .. } => {
-                with_retry(Code::ResourceExhausted, message, retry_after)
+            Error::Invalid(violation) | Error::Delivery(SendError::Invalid(violation)) => {
+                bad_request(message, violation)
             }
-            MailerError::Unavailable { retry_after, .. } => {
-                with_retry(Code::Unavailable, message, retry_after)
-            }
-            MailerError::OutcomeUnknown(_) => Status::unavailable(message),
-            MailerError::Internal(_) => Status::internal(message),
-            MailerError::Unimplemented(_) => Status::unimplemented(message),
+            Error::Delivery(send) => match send.retry_after() {
+                Some(delay) => Status::with_error_details(
+                    code,
+                    message,
+                    ErrorDetails::with_retry_info(Some(delay)),
+                ),
+                None => Status::new(code, message),
+            },
+            _ => Status::new(code, message),
         }
     }
 }
 
 impl From<ValidationError> for Status {
     fn from(error: ValidationError) -> Self {
-        MailerError::Invalid(error).into()
+        Error::Invalid(error).into()
     }
 }
 
-fn with_retry(code: Code, message: String, retry_after: Option<std::time::Duration>) -> Status {
-    match retry_after {
-        Some(delay) => {
-            Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(delay)))
-        }
-        None => Status::new(code, message),
-    }
+fn bad_request(message: String, violation: ValidationError) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(violation.field, violation.reason),
+    )
 }
 
 #[cfg(test)]
@@ -56,6 +122,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::{
+        domain::Mailbox,
+        graph::{GraphError, GraphFailure},
+    };
+
+    fn mailbox() -> Mailbox {
+        Mailbox::parse("mailbox", "noreply@contoso.com").unwrap()
+    }
 
     #[test]
     fn invalid_arguments_carry_the_field_as_a_bad_request_violation() {
@@ -69,18 +143,86 @@ mod tests {
 
     #[test]
     fn throttling_carries_retry_info() {
-        let status = Status::from(MailerError::ResourceExhausted {
-            message: "throttled: retry after 7 s".into(),
+        let status = Status::from(Error::Delivery(SendError::Throttled {
+            mailbox: mailbox(),
+            attempts: 4,
             retry_after: Some(Duration::from_secs(7)),
-        });
+        }));
         assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("retry after 7 s"));
         let retry = status.get_details_retry_info().unwrap();
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
     }
 
     #[test]
     fn an_unknown_outcome_is_unavailable() {
-        let status = Status::from(MailerError::OutcomeUnknown("maybe sent".into()));
+        let status = Status::from(Error::Delivery(SendError::OutcomeUnknown {
+            message_id: "m".into(),
+            reason: "timeout".into(),
+        }));
         assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn the_graph_error_table_maps_each_code_to_its_status() {
+        let table = [
+            (
+                400,
+                "ErrorInvalidRecipients",
+                Code::InvalidArgument,
+                "recipients",
+            ),
+            (403, "ErrorSendAsDenied", Code::PermissionDenied, "send as"),
+            (
+                403,
+                "ErrorAccessDenied",
+                Code::PermissionDenied,
+                "Mail.Send",
+            ),
+            (
+                400,
+                "MailboxNotEnabledForRESTAPI",
+                Code::FailedPrecondition,
+                "no Exchange Online licence or is on-premises",
+            ),
+            (
+                400,
+                "ErrorQuotaExceeded",
+                Code::ResourceExhausted,
+                "mailbox is full",
+            ),
+            (
+                400,
+                "ErrorMessageSizeExceeded",
+                Code::InvalidArgument,
+                "ErrorMessageSizeExceeded",
+            ),
+            (
+                500,
+                "ErrorSomethingNew",
+                Code::Internal,
+                "client-request-id msg-1",
+            ),
+        ];
+        for (status, graph_code, expected, phrase) in table {
+            let failure = GraphFailure {
+                status,
+                error: GraphError {
+                    code: graph_code.into(),
+                    message: "Something happened.".into(),
+                    inner_error: None,
+                },
+                retry_after: None,
+                request_id: Some("req-1".into()),
+                client_request_id: Some("msg-1".into()),
+            };
+            let status = Status::from(Error::Delivery(failure.into_send_error(&mailbox())));
+            assert_eq!(status.code(), expected, "{graph_code}");
+            assert!(
+                status.message().contains(phrase),
+                "{graph_code}: {}",
+                status.message()
+            );
+        }
     }
 }

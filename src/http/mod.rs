@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::{
     health::Health,
     oauth::{CallbackOutcome, CallbackParams, ConnectFlow},
+    settings::names,
 };
 
 /// What the handlers share.
@@ -68,9 +69,12 @@ async fn callback(
         None => CallbackOutcome::Failed {
             status: 404,
             title: "This graph-mailer runs the sandbox transport.".into(),
-            what_to_do: "Configure the app registration (GRAPH_MAILER_TENANT_ID, \
-                         GRAPH_MAILER_CLIENT_ID, GRAPH_MAILER_CLIENT_SECRET) to connect mailboxes."
-                .into(),
+            what_to_do: format!(
+                "Configure the app registration ({}, {}, {}) to connect mailboxes.",
+                names::TENANT_ID,
+                names::CLIENT_ID,
+                names::CLIENT_SECRET
+            ),
             details: None,
         },
     };

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use chrono::DateTime;
 
-use super::{MailerError, SendReceipt};
+use super::{Error, SendReceipt};
 use crate::{
     clock::Clock,
     domain::{IdempotencyKey, Mailbox},
     store::{Claim, IdempotencyRecord, IdempotencyStatus, Store},
+    transport::SendError,
 };
 
 /// How long a key is remembered.
@@ -34,7 +35,7 @@ pub(super) async fn claim(
     key: &IdempotencyKey,
     request_hash: &str,
     message_id: &str,
-) -> Result<Option<SendReceipt>, MailerError> {
+) -> Result<Option<SendReceipt>, Error> {
     let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
     loop {
         let now = clock.now();
@@ -54,11 +55,9 @@ pub(super) async fn claim(
             Claim::Existing(record) => record,
         };
         if record.request_hash != request_hash {
-            return Err(MailerError::AlreadyExists(format!(
-                "idempotency_key was already used for a different message (message_id {}) within \
-                 the last 24 hours: use a new key for a new message",
-                record.message_id
-            )));
+            return Err(Error::KeyReused {
+                message_id: record.message_id,
+            });
         }
         let abandoned =
             now - record.created_at > chrono::Duration::minutes(ABANDONED_AFTER_MINUTES);
@@ -67,11 +66,9 @@ pub(super) async fn claim(
             IdempotencyStatus::Unknown => return Err(unknown_outcome(&record)),
             IdempotencyStatus::InProgress if abandoned => return Err(unknown_outcome(&record)),
             IdempotencyStatus::InProgress if tokio::time::Instant::now() >= deadline => {
-                return Err(MailerError::Aborted(format!(
-                    "another call with this idempotency_key (message_id {}) is still sending; \
-                     retry with the same key later to get its result",
-                    record.message_id
-                )));
+                return Err(Error::KeyInUse {
+                    message_id: record.message_id,
+                });
             }
             IdempotencyStatus::InProgress => tokio::time::sleep(POLL_EVERY).await,
         }
@@ -83,7 +80,7 @@ pub(super) async fn finish(
     store: &Store,
     mailbox: &Mailbox,
     key: &IdempotencyKey,
-    result: &Result<DateTime<chrono::Utc>, MailerError>,
+    result: &Result<DateTime<chrono::Utc>, SendError>,
 ) {
     let recorded = match result {
         Ok(accepted_at) => {
@@ -96,7 +93,7 @@ pub(super) async fn finish(
                 )
                 .await
         }
-        Err(MailerError::OutcomeUnknown(_)) => {
+        Err(error) if error.may_have_been_sent() => {
             store
                 .finish_idempotency(mailbox, key.as_str(), IdempotencyStatus::Unknown, None)
                 .await
@@ -117,11 +114,8 @@ fn deduplicated(record: &IdempotencyRecord) -> SendReceipt {
     }
 }
 
-fn unknown_outcome(record: &IdempotencyRecord) -> MailerError {
-    MailerError::FailedPrecondition(format!(
-        "the first send with this idempotency_key (message_id {}) got no answer from Microsoft: \
-         it may or may not have been sent. Check the mailbox's Sent Items; to send it (again), \
-         use a new idempotency_key",
-        record.message_id
-    ))
+fn unknown_outcome(record: &IdempotencyRecord) -> Error {
+    Error::EarlierOutcomeUnknown {
+        message_id: record.message_id.clone(),
+    }
 }

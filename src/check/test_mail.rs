@@ -1,0 +1,111 @@
+//! The last checkpoint: the set-up test mail ("graph-mailer test – <date>"), sent through the
+//! real transport.
+
+use std::sync::Arc;
+
+use super::{Checks, Options};
+use crate::{
+    clock::SharedClock,
+    domain::{Mailbox, MessageParts, OutgoingMessage, Recipient},
+    oauth::SecretExpiry,
+    postoffice::{PostOffice, SendRequest},
+    settings::Settings,
+    startup::Microsoft,
+    store::Store,
+    transport::{SandboxTransport, SharedTransport},
+};
+
+pub(super) async fn send_test(
+    settings: &Settings,
+    store: &Store,
+    microsoft: Option<Microsoft>,
+    options: &Options,
+    clock: SharedClock,
+    checks: &mut Checks,
+) {
+    let Some(to) = &options.send_test else { return };
+    let recipient = match Recipient::parse("--send-test", to, "") {
+        Ok(recipient) => recipient,
+        Err(error) => return checks.fail("test mail", error.to_string(), "give an email address"),
+    };
+    let from = match options
+        .from
+        .as_deref()
+        .map(|f| Mailbox::parse("--from", f))
+        .transpose()
+    {
+        Ok(from) => from,
+        Err(error) => {
+            return checks.fail(
+                "test mail",
+                error.to_string(),
+                "give the mailbox to send as",
+            );
+        }
+    };
+    let now = clock.now();
+    let subject = format!("graph-mailer test – {}", now.format("%Y-%m-%d %H:%M UTC"));
+    let message = OutgoingMessage::new(
+        MessageParts {
+            to: vec![recipient],
+            subject: subject.clone(),
+            text_body: format!(
+                "This is a test message from graph-mailer {} sent by `graph-mailer check --send-test`.\nIf you can read it, the set-up works.",
+                crate::VERSION
+            ),
+            save_to_sent_items: true,
+            ..Default::default()
+        },
+        settings.max_message_bytes,
+    );
+    let message = match message {
+        Ok(message) => message,
+        Err(error) => return checks.fail("test mail", error.to_string(), "check --send-test"),
+    };
+    let (transport, connect): (SharedTransport, _) = match microsoft {
+        Some(m) => (m.transport, Some(m.connect)),
+        None => (
+            Arc::new(SandboxTransport::new(&settings.data_dir, clock.clone())),
+            None,
+        ),
+    };
+    let from = match from {
+        Some(from) => Some(from),
+        // The sandbox needs a sender; any address will do.
+        None if !transport.needs_connected_mailboxes() => {
+            Mailbox::parse("--from", "graph-mailer-check@localhost").ok()
+        }
+        None => None,
+    };
+    let post_office = PostOffice::new(
+        store.clone(),
+        clock,
+        transport,
+        connect,
+        SecretExpiry {
+            expires_at: None,
+            warning: chrono::Duration::days(30),
+        },
+    );
+    let request = SendRequest {
+        mailbox: from,
+        message,
+        idempotency_key: None,
+        request_hash: String::new(),
+    };
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let sent = match post_office.resolve_sender(request.mailbox.as_ref()).await {
+        Ok(mailbox) => post_office.send(&mailbox, &request, &message_id).await,
+        Err(error) => Err(error),
+    };
+    match sent {
+        Ok(receipt) => checks.pass(
+            "test mail",
+            format!(
+                "\"{subject}\" accepted for {to} (message_id {})",
+                receipt.message_id
+            ),
+        ),
+        Err(error) => checks.fail("test mail", error.to_string(), "see the message"),
+    }
+}

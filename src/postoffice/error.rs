@@ -1,0 +1,95 @@
+//! What can go wrong behind an RPC, named after what happened.
+//!
+//! The core's own failures are variants here; a failed delivery keeps the transport's
+//! [`SendError`] and a failed store operation its [`StoreError`] as their source. Only
+//! `grpc::status` decides which gRPC code each one becomes.
+
+use crate::{
+    domain::{Mailbox, ValidationError},
+    oauth::TokenRequestError,
+    settings::names,
+    store::StoreError,
+    transport::SendError,
+};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or breaks a limit.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+
+    /// Status was asked about a mailbox the service has never seen.
+    #[error(
+        "{mailbox} is unknown to graph-mailer: it was never connected and never sent through \
+         this service; call Connect for it"
+    )]
+    UnknownMailbox { mailbox: Mailbox },
+
+    /// Connect needs the Microsoft identity platform, and none is configured.
+    #[error(
+        "Connect needs Microsoft: this service runs the sandbox transport (no tenant is \
+         configured). Set {}, {} and {} to the app registration's values and restart",
+        names::TENANT_ID,
+        names::CLIENT_ID,
+        names::CLIENT_SECRET
+    )]
+    ConnectNeedsMicrosoft,
+
+    /// The request names no mailbox and none is connected to stand in.
+    #[error(
+        "no mailbox is connected: call Connect for the mailbox to send as and have its owner \
+         sign in"
+    )]
+    NoMailboxConnected,
+
+    /// The request names no mailbox and several are connected.
+    #[error("mailbox is empty but {connected} mailboxes are connected: name the one to send as")]
+    SenderAmbiguous { connected: usize },
+
+    /// The idempotency key was used for a different message within its lifetime.
+    #[error(
+        "idempotency_key was already used for a different message (message_id {message_id}) \
+         within the last 24 hours: use a new key for a new message"
+    )]
+    KeyReused { message_id: String },
+
+    /// Another call with the key is still sending.
+    #[error(
+        "another call with this idempotency_key (message_id {message_id}) is still sending; \
+         retry with the same key later to get its result"
+    )]
+    KeyInUse { message_id: String },
+
+    /// The first send under the key may or may not have reached Microsoft.
+    #[error(
+        "the first send with this idempotency_key (message_id {message_id}) got no answer from \
+         Microsoft: it may or may not have been sent. Check the mailbox's Sent Items; to send it \
+         (again), use a new idempotency_key"
+    )]
+    EarlierOutcomeUnknown { message_id: String },
+
+    /// The sign-in link could not be built.
+    #[error("cannot build the sign-in link: {0}")]
+    SignInLink(#[source] TokenRequestError),
+
+    /// The delivery failed.
+    #[error(transparent)]
+    Delivery(#[from] SendError),
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Whether the service itself is at fault (its store, a bug), rather than the request or
+    /// Microsoft: such failures are logged as errors.
+    pub fn is_service_fault(&self) -> bool {
+        match self {
+            Self::Store(error) => !error.is_undecryptable(),
+            Self::SignInLink(_) | Self::Delivery(SendError::Internal { .. }) => true,
+            _ => false,
+        }
+    }
+}
