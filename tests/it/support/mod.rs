@@ -10,8 +10,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use graph_mailer::{
     clock::{ManualClock, SharedClock},
-    oauth::{RefreshRetry, TokenManager},
+    oauth::TokenManager,
     proto::{self, mailer_client::MailerClient},
+    retry::Backoff,
     settings::{Settings, raw},
     startup::{Application, Overrides},
     store::Store,
@@ -84,7 +85,7 @@ pub struct AppBuilder {
     microsoft: Option<Microsoft>,
     clock: Option<Arc<ManualClock>>,
     data_dir: Option<(PathBuf, Option<Arc<tempfile::TempDir>>)>,
-    refresh_retry: Option<RefreshRetry>,
+    refresh_backoff: Option<Backoff>,
 }
 
 impl AppBuilder {
@@ -113,8 +114,8 @@ impl AppBuilder {
         self.data_dir = Some((dir.to_path_buf(), None));
         self
     }
-    pub fn refresh_retry(mut self, retry: RefreshRetry) -> Self {
-        self.refresh_retry = Some(retry);
+    pub fn refresh_backoff(mut self, backoff: Backoff) -> Self {
+        self.refresh_backoff = Some(backoff);
         self
     }
 
@@ -195,10 +196,11 @@ impl AppBuilder {
         };
         let overrides = Overrides {
             clock,
-            refresh_retry: self.refresh_retry.unwrap_or(RefreshRetry {
-                attempts: 3,
-                base_delay: Duration::from_millis(20),
-                max_delay: Duration::from_millis(100),
+            refresh_backoff: self.refresh_backoff.unwrap_or(Backoff {
+                base: Duration::from_millis(20),
+                cap: Duration::from_millis(100),
+                max_attempts: 3,
+                budget: None,
             }),
             http_listener: Some(http_listener),
         };
