@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The RPC named `Connect` clashes with the generated client's `connect` constructor;
         // clients are built with `MailerClient::new(channel)` instead.
         .build_transport(false)
+        // Prost's codec with a count of each request's lists before decoding (grpc/codec.rs).
+        .codec_path("crate::grpc::codec::CheckedCodec")
         // Attachment bytes are sliced into upload chunks without copying.
         .bytes(".graphmailer.v1.Attachment.content")
         // Deterministic encoding, so a request's hash (idempotency) does not depend on map order.

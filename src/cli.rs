@@ -4,20 +4,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{
-    check,
-    settings::{Settings, names},
-    shutdown,
-    startup::Application,
-    telemetry,
-};
+use crate::{check, settings::Settings, shutdown, startup::Application, telemetry, variables};
 
 /// graph-mailer: send email as Microsoft 365 mailboxes through Microsoft Graph, over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "graph-mailer", version, after_help = names::help_text())]
+#[command(name = "graph-mailer", version, after_help = variables::help_text())]
 pub struct Cli {
     /// A TOML file with settings; GRAPH_MAILER_* environment variables override its values.
-    #[arg(long, global = true, env = names::CONFIG, value_name = "PATH")]
+    #[arg(long, global = true, env = variables::CONFIG, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -47,12 +41,28 @@ pub enum Command {
     /// Ask the running service's gRPC health check whether it is SERVING; exit 0 if so, 1 if not.
     /// For container health checks (images carry no grpc-health-probe).
     Healthcheck {
-        /// The service's gRPC address; default: GRAPH_MAILER_GRPC_ADDR with 0.0.0.0 as 127.0.0.1.
+        /// The service's gRPC address; default: GRAPH_MAILER_HEALTH_ADDR (the plaintext health
+        /// listener, on when TLS is), else GRAPH_MAILER_GRPC_ADDR, with 0.0.0.0 as 127.0.0.1.
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+    },
+    /// Print a new caller key (once) and the callers-file entry that admits it. The service
+    /// keeps only the key's SHA-256; hand the key to the caller and paste the entry into
+    /// GRAPH_MAILER_CALLERS_FILE.
+    NewKey {
+        /// The caller's name: in logs, metrics and the audit log.
+        #[arg(long)]
+        name: String,
+        /// `sender` (sends as its mailboxes) or `admin` (also Connect and Disconnect).
+        #[arg(long, default_value = "sender")]
+        role: String,
+        /// A mailbox the caller may send as (`noreply@contoso.com` or `*@contoso.com`); repeat
+        /// for several. Senders need at least one.
+        #[arg(long = "mailbox", value_name = "MAILBOX")]
+        mailboxes: Vec<String>,
     },
 }
 
@@ -107,12 +117,33 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Healthcheck { addr, timeout } => {
             let addr = addr.unwrap_or_else(|| match &settings {
-                Ok(settings) => local_address(settings.grpc_addr),
+                Ok(settings) => local_address(settings.health_addr.unwrap_or(settings.grpc_addr)),
                 Err(_) => "127.0.0.1:50051".to_owned(),
             });
             healthcheck(&addr, Duration::from_secs(timeout)).await
         }
+        Command::NewKey {
+            name,
+            role,
+            mailboxes,
+        } => new_key(&name, &role, &mailboxes),
     }
+}
+
+/// `new-key`: checks the entry as the callers file would, then prints the key and the entry.
+fn new_key(name: &str, role: &str, mailboxes: &[String]) -> ExitCode {
+    let (key, entry) = crate::callers::key::new_key_text(name, role, mailboxes);
+    if let Err(problem) = crate::callers::file::parse(&entry) {
+        eprintln!("graph-mailer new-key: {problem}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "Key for caller {name} (shown once; graph-mailer keeps only its SHA-256). Give it to the \
+         caller, who sends it as the gRPC metadata \"authorization: Bearer <key>\":\n\n  {key}\n\n\
+         Add this entry to the callers file ({}); the service picks it up within seconds:\n\n{entry}",
+        variables::CALLERS_FILE
+    );
+    ExitCode::SUCCESS
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -32,6 +32,8 @@
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
+pub(crate) mod audit;
+pub mod callers;
 pub mod check;
 pub mod cli;
 pub mod clock;
@@ -52,8 +54,10 @@ pub(crate) mod shutdown;
 pub mod startup;
 pub mod store;
 pub(crate) mod telemetry;
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod upkeep;
+pub mod variables;
 
 /// The service's version, reported by Status and the build-info metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

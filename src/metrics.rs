@@ -46,7 +46,7 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_counter!(
         "graph_mailer_sends_total",
-        "SendMail calls by sending mailbox domain, outcome (sent, failed, deduplicated) and gRPC code"
+        "SendMail calls by sending mailbox domain, caller, outcome (sent, failed, deduplicated) and gRPC code"
     );
     describe_histogram!(
         "graph_mailer_send_duration_seconds",
@@ -85,7 +85,7 @@ fn describe() {
         "graph_mailer_client_secret_expiry_timestamp_seconds",
         format!(
             "When the client secret expires (Unix time), from {}",
-            crate::settings::names::CLIENT_SECRET_EXPIRES_AT
+            crate::variables::CLIENT_SECRET_EXPIRES_AT
         )
     );
     describe_gauge!(
@@ -94,15 +94,17 @@ fn describe() {
     );
 }
 
-/// A SendMail finished.
+/// A SendMail finished. `caller` comes from the callers file (bounded); `mailbox_domain` is
+/// `other` for mailboxes the service does not know.
 pub fn send_finished(
     mailbox_domain: &str,
+    caller: &str,
     outcome: &'static str,
     code: &'static str,
     seconds: f64,
     transport: &'static str,
 ) {
-    counter!("graph_mailer_sends_total", "mailbox_domain" => mailbox_domain.to_owned(), "outcome" => outcome, "code" => code)
+    counter!("graph_mailer_sends_total", "mailbox_domain" => mailbox_domain.to_owned(), "caller" => caller.to_owned(), "outcome" => outcome, "code" => code)
         .increment(1);
     histogram!("graph_mailer_send_duration_seconds", "transport" => transport).record(seconds);
 }

@@ -28,3 +28,67 @@ where
         }
     })
 }
+
+/// Why a watched file is being looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchReason {
+    /// The polling interval passed.
+    Tick,
+    /// SIGHUP: an operator asked for a reload.
+    Hangup,
+}
+
+/// Calls `reload` every `interval` and on every SIGHUP until `stop` is cancelled: the loop of
+/// every file graph-mailer re-reads without a restart (client secret, callers, TLS certificate).
+/// Polling survives Kubernetes' atomic symlink swaps of mounted Secrets, where file watches
+/// lose track.
+pub fn spawn_file_watcher(
+    interval: Duration,
+    stop: CancellationToken,
+    mut reload: impl FnMut(WatchReason) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hangup = hangup::signal();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick completes at once; the file was just read.
+        ticker.tick().await;
+        loop {
+            let reason = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => WatchReason::Tick,
+                _ = hangup::recv(&mut hangup) => WatchReason::Hangup,
+            };
+            reload(reason);
+        }
+    })
+}
+
+#[cfg(unix)]
+mod hangup {
+    pub(super) type Hangup = Option<tokio::signal::unix::Signal>;
+
+    pub(super) fn signal() -> Hangup {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+
+    pub(super) async fn recv(hangup: &mut Hangup) {
+        match hangup {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod hangup {
+    pub(super) type Hangup = ();
+
+    pub(super) fn signal() -> Hangup {}
+
+    pub(super) async fn recv(_: &mut Hangup) {
+        std::future::pending().await
+    }
+}

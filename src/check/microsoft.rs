@@ -10,9 +10,10 @@ use super::Checks;
 use crate::{
     clock::Clock,
     oauth::{ClientSecretProvider, IdentityClient, SecretExpiry},
-    settings::{AzureSettings, ClientSecretSource, Settings, azure::is_guid, names},
+    settings::{AzureSettings, ClientSecretSource, Settings, azure::is_guid},
     startup::Microsoft,
     store::{ConnectionState, Store},
+    variables,
 };
 
 pub(super) fn registration_checks(
@@ -42,11 +43,11 @@ pub(super) fn registration_checks(
         Ok(_) => checks.pass(
             "client secret",
             match &azure.client_secret {
-                ClientSecretSource::Value(_) => format!("present ({})", names::CLIENT_SECRET),
+                ClientSecretSource::Value(_) => format!("present ({})", variables::CLIENT_SECRET),
                 ClientSecretSource::File(path) => format!("present in {}", path.display()),
             },
         ),
-        Err(error) => checks.fail("client secret", error, format!("put the secret's Value in {} or its file", names::CLIENT_SECRET)),
+        Err(error) => checks.fail("client secret", error, format!("put the secret's Value in {} or its file", variables::CLIENT_SECRET)),
     }
     let expiry = SecretExpiry {
         expires_at: azure.client_secret_expires_at,
@@ -56,7 +57,7 @@ pub(super) fn registration_checks(
         (None, _) => checks.fail(
             "client secret expiry",
             "unknown",
-            format!("set {} to the expiry shown under \"Certificates & secrets\", so the service warns before it passes", names::CLIENT_SECRET_EXPIRES_AT),
+            format!("set {} to the expiry shown under \"Certificates & secrets\", so the service warns before it passes", variables::CLIENT_SECRET_EXPIRES_AT),
         ),
         (Some(_), Some(warning)) => checks.fail("client secret expiry", warning, "create a new client secret and rotate it"),
         (Some(at), None) => checks.pass("client secret expiry", format!("expires {}", at.format("%Y-%m-%d"))),
@@ -73,7 +74,7 @@ pub(super) fn registration_checks(
             format!("{redirect} is plain http outside localhost; Microsoft refuses it"),
             format!(
                 "set {} to the https address the service is reached at",
-                names::PUBLIC_URL
+                variables::PUBLIC_URL
             ),
         );
     }
@@ -108,8 +109,8 @@ pub(super) async fn authority_check(
             error,
             format!(
                 "check {} (the Directory (tenant) ID) and that {} is reachable",
-                names::TENANT_ID,
-                names::AUTHORITY_URL
+                variables::TENANT_ID,
+                variables::AUTHORITY_URL
             ),
         ),
     }

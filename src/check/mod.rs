@@ -5,6 +5,7 @@
 //! token, a test mail) and prints a pass/fail line for each with the fix. Exit code 0 only when
 //! every check passes.
 
+mod access;
 mod microsoft;
 mod store;
 mod test_mail;
@@ -14,10 +15,12 @@ use std::{process::ExitCode, sync::Arc};
 use serde::Serialize;
 
 use crate::{
+    audit::AuditLog,
     clock::{SharedClock, SystemClock},
     oauth::REFRESH_BACKOFF,
-    settings::{Settings, names},
+    settings::Settings,
     startup::wire_microsoft,
+    variables,
 };
 
 /// What `check` was asked to do.
@@ -186,6 +189,7 @@ async fn run_checks(
         }
         None => checks.skip("app registration", "no tenant configured (sandbox)"),
     }
+    access::access_checks(settings, checks);
     let Some(store) = store::store_checks(settings, checks).await else {
         return;
     };
@@ -195,13 +199,14 @@ async fn run_checks(
         }
         return;
     };
-    let microsoft = match wire_microsoft(settings, azure, &store, &clock, REFRESH_BACKOFF) {
+    let audit = Arc::new(AuditLog::off());
+    let microsoft = match wire_microsoft(settings, azure, &store, &clock, REFRESH_BACKOFF, audit) {
         Ok(microsoft) => microsoft,
         Err(error) => {
             checks.fail(
                 "client secret",
                 format!("{error:#}"),
-                format!("fix {}(_FILE)", names::CLIENT_SECRET),
+                format!("fix {}(_FILE)", variables::CLIENT_SECRET),
             );
             return;
         }

@@ -3,8 +3,9 @@
 
 use super::Checks;
 use crate::{
-    settings::{KeySource, Settings, names},
+    settings::{KeySource, Settings},
     store::{Store, TokenCipher},
+    variables,
 };
 
 pub(super) async fn store_checks(settings: &Settings, checks: &mut Checks) -> Option<Store> {
@@ -23,7 +24,10 @@ pub(super) async fn store_checks(settings: &Settings, checks: &mut Checks) -> Op
             checks.fail(
                 "encryption key",
                 error.to_string(),
-                format!("set {}(_FILE) to the store's key", names::ENCRYPTION_KEY),
+                format!(
+                    "set {}(_FILE) to the store's key",
+                    variables::ENCRYPTION_KEY
+                ),
             );
             return None;
         }
@@ -53,7 +57,7 @@ pub(super) async fn store_checks(settings: &Settings, checks: &mut Checks) -> Op
                 error.to_string(),
                 format!(
                     "check {} and that the database is running",
-                    names::DATABASE_URL
+                    variables::DATABASE_URL
                 ),
             );
             None

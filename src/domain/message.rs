@@ -1,10 +1,58 @@
 //! A whole outgoing message: recipients, bodies, attachments, headers.
 
 use super::{Attachment, EmailAddress, ValidationError, quoted, reject_line_breaks};
-use crate::settings::names;
+use crate::variables;
 
 /// Microsoft's limit of recipients (to, cc and bcc together) per message.
 pub const MAX_RECIPIENTS: usize = 500;
+/// Custom headers per message.
+pub const MAX_HEADERS: usize = 50;
+/// Reply-to addresses per message.
+pub const MAX_REPLY_TO: usize = 50;
+/// Attachments per message.
+pub const MAX_ATTACHMENTS: usize = 250;
+
+/// How many entries a request's lists hold, counted before any of them is parsed: a request
+/// with ten million tiny recipients is refused by its count, not after parsing them all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListCounts {
+    pub recipients: usize,
+    pub reply_to: usize,
+    pub attachments: usize,
+    pub headers: usize,
+}
+
+impl ListCounts {
+    /// The first list over its limit, as the validation error a caller gets.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        if self.recipients > MAX_RECIPIENTS {
+            return Err(too_many_recipients(self.recipients));
+        }
+        for (field, count, limit) in [
+            ("reply_to", self.reply_to, MAX_REPLY_TO),
+            ("attachments", self.attachments, MAX_ATTACHMENTS),
+            ("headers", self.headers, MAX_HEADERS),
+        ] {
+            if count > limit {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{count} entries; at most {limit} per message"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn too_many_recipients(recipients: usize) -> ValidationError {
+    ValidationError::new(
+        "recipients",
+        format!(
+            "{recipients} recipients in to, cc and bcc; Microsoft allows at most {MAX_RECIPIENTS} \
+             per message"
+        ),
+    )
+}
 
 /// One recipient or reply-to address with an optional display name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +93,9 @@ impl CustomHeader {
     pub fn parse(name: &str, value: &str) -> Result<Self, ValidationError> {
         let field = format!("headers[{}]", quoted(name));
         let is_field_name_char = |c: char| c.is_ascii_graphic() && c != ':';
+        // `get`, not slicing: a name such as "x€" has no character boundary at byte 2.
         if name.len() < 3
-            || !name[..2].eq_ignore_ascii_case("x-")
+            || !name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
             || !name.chars().all(is_field_name_char)
             || name.len() > 76
         {
@@ -108,21 +157,17 @@ impl OutgoingMessage {
                 "at least one recipient is required in to, cc or bcc",
             ));
         }
-        if recipients > MAX_RECIPIENTS {
-            return Err(ValidationError::new(
-                "recipients",
-                format!(
-                    "{recipients} recipients in to, cc and bcc; Microsoft allows at most \
-                     {MAX_RECIPIENTS} per message"
-                ),
-            ));
+        ListCounts {
+            recipients,
+            reply_to: parts.reply_to.len(),
+            attachments: parts.attachments.len(),
+            headers: parts.headers.len(),
         }
+        .check()?;
         reject_line_breaks("subject", &parts.subject)?;
-        for (i, header) in parts.headers.iter().enumerate() {
-            if parts.headers[..i]
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case(&header.name))
-            {
+        let mut seen = std::collections::HashSet::with_capacity(parts.headers.len());
+        for header in &parts.headers {
+            if !seen.insert(header.name.to_ascii_lowercase()) {
                 return Err(ValidationError::new(
                     format!("headers[{}]", quoted(&header.name)),
                     "is given twice (header names are case-insensitive)",
@@ -137,7 +182,7 @@ impl OutgoingMessage {
                     "is {} with its attachments, over the limit of {} per message ({})",
                     human_bytes(size),
                     human_bytes(max_bytes),
-                    names::MAX_MESSAGE_BYTES
+                    variables::MAX_MESSAGE_BYTES
                 ),
             ));
         }

@@ -8,6 +8,7 @@ mod address;
 mod attachment;
 mod idempotency;
 mod message;
+mod pattern;
 
 use std::fmt;
 
@@ -15,8 +16,10 @@ pub use address::{EmailAddress, Mailbox};
 pub use attachment::Attachment;
 pub use idempotency::IdempotencyKey;
 pub use message::{
-    CustomHeader, Importance, MAX_RECIPIENTS, MessageParts, OutgoingMessage, Recipient, human_bytes,
+    CustomHeader, Importance, ListCounts, MAX_ATTACHMENTS, MAX_HEADERS, MAX_RECIPIENTS,
+    MAX_REPLY_TO, MessageParts, OutgoingMessage, Recipient, human_bytes,
 };
+pub use pattern::{MailboxPattern, any_matches};
 
 /// A field of a request that is not acceptable, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

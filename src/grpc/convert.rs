@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     clock::to_timestamp,
     domain::{
-        Attachment, CustomHeader, IdempotencyKey, Importance, Mailbox, MessageParts,
+        Attachment, CustomHeader, IdempotencyKey, Importance, ListCounts, Mailbox, MessageParts,
         OutgoingMessage, Recipient, ValidationError,
     },
     postoffice::{SendReceipt, SendRequest, ServiceStatus},
@@ -21,6 +21,14 @@ pub fn send_request(
     request: proto::SendMailRequest,
     max_message_bytes: u64,
 ) -> Result<SendRequest, ValidationError> {
+    // Count first, parse after: no list is parsed entry by entry when it is over its limit.
+    ListCounts {
+        recipients: request.to.len() + request.cc.len() + request.bcc.len(),
+        reply_to: request.reply_to.len(),
+        attachments: request.attachments.len(),
+        headers: request.headers.len(),
+    }
+    .check()?;
     let mailbox = optional_mailbox(&request.mailbox)?;
     let idempotency_key = IdempotencyKey::parse(&request.idempotency_key)?;
     let request_hash = if idempotency_key.is_some() {

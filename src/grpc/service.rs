@@ -7,57 +7,104 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, status};
 use crate::{
+    audit::{AuditEvent, AuditLog, AuditRecord},
+    callers::Caller,
     clock::to_timestamp,
     domain::Mailbox,
     metrics,
     postoffice::{Error, PostOffice, SendReceipt, SendRequest},
     proto,
+    transport::SendError,
 };
 
 /// The gRPC face of the [`PostOffice`]: implements the generated `Mailer` trait.
 #[derive(Debug, Clone)]
 pub struct MailerApi {
     post_office: Arc<PostOffice>,
+    audit: Arc<AuditLog>,
     max_message_bytes: u64,
 }
 
 impl MailerApi {
-    pub fn new(post_office: Arc<PostOffice>, max_message_bytes: u64) -> Self {
+    pub fn new(post_office: Arc<PostOffice>, audit: Arc<AuditLog>, max_message_bytes: u64) -> Self {
         Self {
             post_office,
+            audit,
             max_message_bytes,
+        }
+    }
+
+    /// Runs one RPC for `caller` and logs how it ended and how long it took. (No span per RPC:
+    /// SendMail opens its own span naming the message, and a span per call costs time on the
+    /// hot path.) A refusal for lack of rights goes to the audit log.
+    async fn observe<T>(
+        &self,
+        rpc: &'static str,
+        caller: &Caller,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let caller_name = caller.name.as_str();
+        // Successes are logged where there is something to say (SendMail's line names the
+        // message); failures here, with the status the caller got.
+        match result {
+            Ok(response) => {
+                tracing::debug!(
+                    rpc,
+                    caller = caller_name,
+                    duration_ms,
+                    code = "OK",
+                    "rpc finished"
+                );
+                Ok(Response::new(response))
+            }
+            Err(error) => {
+                if let Error::NotAllowed { .. } = &error {
+                    self.audit.record(
+                        AuditRecord::new(AuditEvent::Refused, "permission_denied")
+                            .caller(caller_name)
+                            .rpc(rpc)
+                            .detail(error.to_string()),
+                    );
+                }
+                let fault = error.is_service_fault();
+                let status = Status::from(error);
+                let message = crate::telemetry::redact_addresses(status.message());
+                let code = status.code();
+                if fault {
+                    tracing::error!(
+                        rpc,
+                        caller = caller_name,
+                        duration_ms,
+                        ?code,
+                        message,
+                        "rpc failed"
+                    );
+                } else {
+                    tracing::info!(
+                        rpc,
+                        caller = caller_name,
+                        duration_ms,
+                        ?code,
+                        message,
+                        "rpc failed"
+                    );
+                }
+                Err(status)
+            }
         }
     }
 }
 
-/// Runs one RPC and logs how it ended and how long it took. (No span per RPC: SendMail opens
-/// its own span naming the message, and a span per call costs time on the hot path.)
-async fn observe<T>(
-    rpc: &'static str,
-    call: impl Future<Output = Result<T, Error>>,
-) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = call.await;
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Successes are logged by the core where it has something to say (SendMail's line names
-    // the message); failures here, with the status the caller got.
-    match result {
-        Ok(response) => {
-            tracing::debug!(rpc, duration_ms, code = "OK", "rpc finished");
-            Ok(Response::new(response))
-        }
-        Err(error) => {
-            let fault = error.is_service_fault();
-            let status = Status::from(error);
-            let message = crate::telemetry::redact_addresses(status.message());
-            if fault {
-                tracing::error!(rpc, duration_ms, code = ?status.code(), message, "rpc failed");
-            } else {
-                tracing::info!(rpc, duration_ms, code = ?status.code(), message, "rpc failed");
-            }
-            Err(status)
-        }
-    }
+/// The caller the authentication layer identified.
+fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
+    request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
 #[tonic::async_trait]
@@ -66,12 +113,13 @@ impl proto::mailer_server::Mailer for MailerApi {
         &self,
         request: Request<proto::ConnectRequest>,
     ) -> Result<Response<proto::ConnectResponse>, Status> {
-        observe("Connect", async {
+        let caller = caller_of(&request)?;
+        self.observe("Connect", &caller, async {
             let request = request.into_inner();
             let mailbox = convert::mailbox(&request.mailbox)?;
             let link = self
                 .post_office
-                .connect(&mailbox, request.force_consent)
+                .connect(&caller, &mailbox, request.force_consent)
                 .await?;
             Ok(proto::ConnectResponse {
                 authorization_url: link.url,
@@ -85,17 +133,19 @@ impl proto::mailer_server::Mailer for MailerApi {
         &self,
         request: Request<proto::SendMailRequest>,
     ) -> Result<Response<proto::SendMailResponse>, Status> {
-        observe("SendMail", async {
+        let caller = caller_of(&request)?;
+        self.observe("SendMail", &caller, async {
             let request = convert::send_request(request.into_inner(), self.max_message_bytes)?;
             let started = Instant::now();
             let _in_flight = metrics::InFlight::start();
             let mailbox = self
                 .post_office
-                .resolve_sender(request.mailbox.as_ref())
+                .resolve_sender(&caller, request.mailbox.as_ref())
                 .await?;
             let message_id = uuid::Uuid::now_v7().to_string();
             let result = self.post_office.send(&mailbox, &request, &message_id).await;
             let outcome = SendOutcome {
+                caller: &caller,
                 mailbox: &mailbox,
                 request: &request,
                 message_id: &message_id,
@@ -112,9 +162,10 @@ impl proto::mailer_server::Mailer for MailerApi {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        observe("Status", async {
+        let caller = caller_of(&request)?;
+        self.observe("Status", &caller, async {
             let mailbox = convert::optional_mailbox(&request.into_inner().mailbox)?;
-            let status = self.post_office.status(mailbox.as_ref()).await?;
+            let status = self.post_office.status(&caller, mailbox.as_ref()).await?;
             Ok(convert::status_response(status))
         })
         .await
@@ -124,9 +175,10 @@ impl proto::mailer_server::Mailer for MailerApi {
         &self,
         request: Request<proto::DisconnectRequest>,
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
-        observe("Disconnect", async {
+        let caller = caller_of(&request)?;
+        self.observe("Disconnect", &caller, async {
             let mailbox = convert::mailbox(&request.into_inner().mailbox)?;
-            self.post_office.disconnect(&mailbox).await?;
+            self.post_office.disconnect(&caller, &mailbox).await?;
             Ok(proto::DisconnectResponse {})
         })
         .await
@@ -135,6 +187,7 @@ impl proto::mailer_server::Mailer for MailerApi {
 
 /// How one SendMail ended, for its log line and metrics.
 struct SendOutcome<'a> {
+    caller: &'a Caller,
     mailbox: &'a Mailbox,
     request: &'a SendRequest,
     message_id: &'a str,
@@ -152,8 +205,22 @@ impl SendOutcome<'_> {
             Ok(_) => ("sent", "OK"),
             Err(error) => ("failed", status::code_name(status::code(error))),
         };
+        // A mailbox the service has no connection for gets no label of its own: a flood of
+        // sends for made-up addresses must not make a metric series per domain.
+        let unknown = matches!(
+            self.result,
+            Err(Error::Delivery(SendError::Token(
+                crate::oauth::TokenError::NotConnected { .. }
+            )))
+        );
+        let mailbox_domain = if unknown {
+            "other"
+        } else {
+            self.mailbox.domain()
+        };
         metrics::send_finished(
-            self.mailbox.domain(),
+            mailbox_domain,
+            &self.caller.name,
             outcome,
             code,
             duration.as_secs_f64(),
@@ -165,6 +232,7 @@ impl SendOutcome<'_> {
         match self.result {
             Ok(receipt) => tracing::info!(
                 rpc = "SendMail",
+                caller = self.caller.name,
                 message_id = receipt.message_id,
                 mailbox_domain = self.mailbox.domain(),
                 recipient_domains,
@@ -175,6 +243,7 @@ impl SendOutcome<'_> {
             ),
             Err(error) => tracing::warn!(
                 rpc = "SendMail",
+                caller = self.caller.name,
                 message_id = self.message_id,
                 mailbox_domain = self.mailbox.domain(),
                 recipient_domains,

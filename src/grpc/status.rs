@@ -7,7 +7,10 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{domain::ValidationError, oauth::TokenError, postoffice::Error, transport::SendError};
+use crate::{
+    callers::Refusal, domain::ValidationError, oauth::TokenError, postoffice::Error,
+    transport::SendError,
+};
 
 /// The code a caller gets for `error`.
 pub fn code(error: &Error) -> Code {
@@ -17,7 +20,10 @@ pub fn code(error: &Error) -> Code {
         Error::ConnectNeedsMicrosoft
         | Error::NoMailboxConnected
         | Error::SenderAmbiguous { .. }
+        | Error::SenderUnnamed { .. }
         | Error::EarlierOutcomeUnknown { .. } => Code::FailedPrecondition,
+        Error::NotAllowed { .. } | Error::MailboxNotAllowed { .. } => Code::PermissionDenied,
+        Error::TooManySignInLinks { .. } => Code::ResourceExhausted,
         Error::KeyReused { .. } => Code::AlreadyExists,
         Error::KeyInUse { .. } => Code::Aborted,
         Error::SignInLink(_) => Code::Internal,
@@ -101,6 +107,41 @@ impl From<Error> for Status {
             _ => Status::new(code, message),
         }
     }
+}
+
+/// A call refused before it ran: UNAUTHENTICATED, or RESOURCE_EXHAUSTED with the wait when
+/// the caller is over its rate.
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            Refusal::MissingKey | Refusal::UnknownKey | Refusal::Conflicting { .. } => {
+                Status::unauthenticated(message)
+            }
+        }
+    }
+}
+
+/// A call that panicked.
+pub fn internal_error() -> Status {
+    Status::internal("graph-mailer failed while handling this call; it has been logged")
+}
+
+/// A call that does not fit the in-flight byte budget.
+pub fn over_budget(bytes: u32, retry_after: std::time::Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "graph-mailer is holding as many request bytes as it may (this call has {bytes}); \
+             retry shortly"
+        ),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
 }
 
 impl From<ValidationError> for Status {

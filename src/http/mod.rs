@@ -1,4 +1,7 @@
 //! The HTTP side: the OAuth callback the browser lands on, liveness, readiness and metrics.
+//!
+//! Pages carry security headers ([`security_headers`]): no scripts, no framing, no sniffing,
+//! no referrer, no caching.
 
 pub mod pages;
 
@@ -16,7 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::{
     health::Health,
     oauth::{CallbackOutcome, CallbackParams, ConnectFlow},
-    settings::names,
+    variables,
 };
 
 /// What the handlers share.
@@ -24,17 +27,35 @@ use crate::{
 pub struct HttpState {
     pub connect: Option<Arc<ConnectFlow>>,
     pub health: Arc<Health>,
-    pub metrics: PrometheusHandle,
+    /// `None` when `/metrics` has a listener of its own.
+    pub metrics: Option<PrometheusHandle>,
 }
 
-/// The HTTP routes.
+/// The HTTP listener's routes.
 pub fn router(state: HttpState) -> Router {
+    let mut router = Router::new()
+        .route("/oauth2/callback", get(callback))
+        .with_state(state.clone())
+        .merge(probes(state.health));
+    if let Some(metrics) = state.metrics {
+        router = router.merge(metrics_only(metrics));
+    }
+    router
+}
+
+/// `/healthz` and `/readyz`, also served on the plaintext health listener.
+pub fn probes(health: Arc<Health>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/oauth2/callback", get(callback))
-        .with_state(state)
+        .with_state(health)
+}
+
+/// `/metrics` alone.
+pub fn metrics_only(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
 }
 
 /// Liveness: the process answers.
@@ -43,20 +64,36 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness: the store answers and the service is not shutting down.
-async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.health.is_ready() {
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    if health.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn render_metrics(State(metrics): State<PrometheusHandle>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
+}
+
+/// The headers of every page: nothing but inline styles may run, the page cannot be framed,
+/// types are not sniffed, no referrer leaves, nothing is cached.
+pub fn security_headers() -> [(header::HeaderName, &'static str); 5] {
+    [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+             base-uri 'none'; form-action 'self'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ]
 }
 
 /// Where Microsoft sends the browser after sign-in.
@@ -71,22 +108,14 @@ async fn callback(
             title: "This graph-mailer runs the sandbox transport.".into(),
             what_to_do: format!(
                 "Configure the app registration ({}, {}, {}) to connect mailboxes.",
-                names::TENANT_ID,
-                names::CLIENT_ID,
-                names::CLIENT_SECRET
+                variables::TENANT_ID,
+                variables::CLIENT_ID,
+                variables::CLIENT_SECRET
             ),
             details: None,
         },
     };
     let (status, html) = pages::callback_page(&outcome);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    (
-        status,
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        Html(html),
-    )
-        .into_response()
+    (status, security_headers(), Html(html)).into_response()
 }

@@ -24,7 +24,8 @@ use super::{
 };
 use crate::{
     domain::Mailbox,
-    settings::{AzureSettings, ClientId, GraphScopes, TenantId, names},
+    settings::{AzureSettings, ClientId, GraphScopes, TenantId},
+    variables,
 };
 
 type OAuthClient = oauth2::Client<
@@ -280,7 +281,7 @@ impl IdentityClient {
             return Err(format!(
                 "{url} answered {status}: {} — check {}",
                 error.summary(),
-                names::TENANT_ID
+                variables::TENANT_ID
             ));
         }
         body.get("issuer")

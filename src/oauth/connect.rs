@@ -12,11 +12,14 @@ use sha2::{Digest, Sha256};
 
 use super::{IdentityClient, TokenRequestError, error::ErrorClass, sign_in};
 use crate::{
+    audit::{AuditEvent, AuditLog, AuditRecord},
     clock::SharedClock,
     domain::Mailbox,
     metrics,
-    settings::names,
-    store::{ErrorSource, NewConnection, PendingAuthorization, Store, StoreError},
+    store::{
+        ErrorSource, LinkLimits, NewConnection, PendingAuthorization, Store, StoreError, Stored,
+    },
+    variables,
 };
 
 /// How long a sign-in link stays valid (Microsoft's codes live about as long).
@@ -29,7 +32,16 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot build the sign-in link: {0}")]
     Link(TokenRequestError),
+    #[error("{outstanding} sign-in links are out already")]
+    TooManyLinks { outstanding: u64 },
 }
+
+/// How many sign-in links may be out: a few per mailbox (a new one replaces the oldest) and a
+/// thousand in all, so Connect cannot fill the store.
+pub const LINK_LIMITS: LinkLimits = LinkLimits {
+    per_mailbox: 3,
+    total: 1000,
+};
 
 /// A sign-in link for the mailbox owner.
 #[derive(Debug, Clone)]
@@ -84,24 +96,33 @@ impl CallbackOutcome {
 #[derive(Debug)]
 pub struct ConnectFlow {
     identity: Arc<IdentityClient>,
+    audit: Arc<AuditLog>,
     store: Store,
     clock: SharedClock,
 }
 
 impl ConnectFlow {
-    pub fn new(identity: Arc<IdentityClient>, store: Store, clock: SharedClock) -> Self {
+    pub fn new(
+        identity: Arc<IdentityClient>,
+        store: Store,
+        clock: SharedClock,
+        audit: Arc<AuditLog>,
+    ) -> Self {
         Self {
             identity,
+            audit,
             store,
             clock,
         }
     }
 
-    /// Creates a single-use sign-in link for `mailbox`, valid for ten minutes.
+    /// Creates a single-use sign-in link for `mailbox`, valid for ten minutes, asked for by
+    /// the caller named `requested_by`.
     pub async fn start(
         &self,
         mailbox: &Mailbox,
         force_consent: bool,
+        requested_by: &str,
     ) -> Result<SignInLink, StartError> {
         let request = self
             .identity
@@ -109,15 +130,23 @@ impl ConnectFlow {
             .map_err(StartError::Link)?;
         let now = self.clock.now();
         let expires_at = now + chrono::Duration::minutes(LINK_LIFETIME_MINUTES);
-        self.store
-            .insert_pending(&PendingAuthorization {
-                state_hash: hash_state(secrecy::ExposeSecret::expose_secret(&request.state)),
-                mailbox: mailbox.clone(),
-                pkce_verifier: request.pkce_verifier,
-                created_at: now,
-                expires_at,
-            })
+        let stored = self
+            .store
+            .insert_pending(
+                &PendingAuthorization {
+                    state_hash: hash_state(secrecy::ExposeSecret::expose_secret(&request.state)),
+                    mailbox: mailbox.clone(),
+                    pkce_verifier: request.pkce_verifier,
+                    created_at: now,
+                    expires_at,
+                    requested_by: Some(requested_by.to_owned()),
+                },
+                LINK_LIMITS,
+            )
             .await?;
+        if let Stored::Full { outstanding } = stored {
+            return Err(StartError::TooManyLinks { outstanding });
+        }
         tracing::info!(
             mailbox_domain = mailbox.domain(),
             force_consent,
@@ -131,16 +160,51 @@ impl ConnectFlow {
 
     /// Finishes a sign-in from the callback's query string.
     pub async fn complete(&self, params: CallbackParams) -> CallbackOutcome {
-        let outcome = self.complete_inner(params).await;
-        let label = match &outcome {
-            CallbackOutcome::Connected { .. } => "connected",
-            CallbackOutcome::Failed { .. } => "failed",
+        let mut link = None;
+        let outcome = self.complete_inner(params, &mut link).await;
+        let (label, detail) = match &outcome {
+            CallbackOutcome::Connected { .. } => ("connected", None),
+            CallbackOutcome::Failed { title, .. } => ("failed", Some(title.clone())),
         };
         metrics::connect_callback(label);
+        if let (Some(pending), CallbackOutcome::Failed { what_to_do, .. }) = (&link, &outcome) {
+            // Someone came back through a link this service issued: Status says what went
+            // wrong. (A callback without a valid link leaves nothing: anyone can send one.)
+            self.record_failure(&pending.mailbox, what_to_do).await;
+        }
+        let mut record = AuditRecord::new(AuditEvent::Callback, label);
+        if let Some(pending) = &link {
+            record = record.mailbox(pending.mailbox.as_str());
+            if let Some(caller) = &pending.requested_by {
+                record = record.caller(caller);
+            }
+        }
+        if let Some(detail) = detail {
+            record = record.detail(detail);
+        }
+        self.audit.record(record);
         outcome
     }
 
-    async fn complete_inner(&self, params: CallbackParams) -> CallbackOutcome {
+    async fn record_failure(&self, mailbox: &Mailbox, what_to_do: &str) {
+        if let Err(error) = self
+            .store
+            .set_last_error(mailbox, ErrorSource::Token, what_to_do, self.clock.now())
+            .await
+        {
+            tracing::error!(
+                error = crate::telemetry::redact_addresses(&error.to_string()),
+                "cannot record the connect failure"
+            );
+        }
+    }
+
+    /// `link` learns which link the callback belongs to, once it is known.
+    async fn complete_inner(
+        &self,
+        params: CallbackParams,
+        link: &mut Option<PendingAuthorization>,
+    ) -> CallbackOutcome {
         let Some(state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
             return CallbackOutcome::failed(
                 400,
@@ -171,6 +235,7 @@ impl ConnectFlow {
             }
         };
         let mailbox = pending.mailbox.clone();
+        let pending = link.insert(pending);
         if pending.expires_at <= self.clock.now() {
             return CallbackOutcome::failed(
                 400,
@@ -225,7 +290,7 @@ impl ConnectFlow {
             other => (
                 format!(
                     "{other} — try again; if it persists, check {} and the network",
-                    names::AUTHORITY_URL
+                    variables::AUTHORITY_URL
                 ),
                 None,
                 502,
@@ -236,16 +301,6 @@ impl ConnectFlow {
             error = crate::telemetry::redact_addresses(&error.to_string()),
             "code redemption failed"
         );
-        if let Err(store_error) = self
-            .store
-            .set_last_error(mailbox, ErrorSource::Token, &advice, self.clock.now())
-            .await
-        {
-            tracing::error!(
-                error = crate::telemetry::redact_addresses(&store_error.to_string()),
-                "cannot record the connect failure"
-            );
-        }
         CallbackOutcome::Failed {
             status,
             title: format!("Microsoft did not complete the sign-in for {mailbox}."),
@@ -290,10 +345,11 @@ fn declined(mailbox: &Mailbox, error: &str, description: Option<&str>) -> Callba
         .and_then(|d| d.lines().next())
         .unwrap_or(error)
         .to_owned();
+    // Microsoft's description can name the account that signed in (AADSTS50020).
     tracing::warn!(
         mailbox_domain = mailbox.domain(),
-        error,
-        description,
+        error = crate::telemetry::redact_addresses(error),
+        description = crate::telemetry::redact_addresses(&description),
         "sign-in not completed"
     );
     let what_to_do = if error == "access_denied" {

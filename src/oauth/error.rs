@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::secret::rotate_expired_secret;
-use crate::settings::names::{CLIENT_ID, CLIENT_SECRET, TENANT_ID};
+use crate::variables::{CLIENT_ID, CLIENT_SECRET, TENANT_ID};
 
 /// An error body of the token endpoint, every field kept (the `oauth2` crate's standard type
 /// drops `error_codes` and `suberror`).

@@ -12,10 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{
-    ClientSecretSource,
-    names::{CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE},
-    secret_id_warning,
+use crate::{
+    periodic::{WatchReason, spawn_file_watcher},
+    settings::{ClientSecretSource, secret_id_warning},
+    variables::{CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE},
 };
 
 /// What to do when the client secret has expired: the one place this advice is written.
@@ -120,26 +120,22 @@ impl ClientSecretProvider {
         Ok(true)
     }
 
-    /// Polls the file every `interval` and on SIGHUP until `shutdown`.
+    /// Re-reads the file every `interval` and on SIGHUP until `shutdown`.
     pub fn spawn_watcher(
         self: std::sync::Arc<Self>,
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.file.as_ref()?;
-        Some(tokio::spawn(async move {
-            let mut hangup = hangup_signal();
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => {}
-                    _ = recv_hangup(&mut hangup) => tracing::info!("SIGHUP: re-reading the client secret"),
-                }
-                if let Err(error) = self.reload() {
-                    tracing::error!(%error, "cannot re-read the client secret file; keeping the current secret");
-                }
+        Some(spawn_file_watcher(interval, shutdown, move |reason| {
+            if reason == WatchReason::Hangup {
+                tracing::info!("SIGHUP: re-reading the client secret");
+            }
+            if let Err(error) = self.reload() {
+                tracing::error!(
+                    %error,
+                    "cannot re-read the client secret file; keeping the current secret"
+                );
             }
         }))
     }
@@ -170,32 +166,6 @@ fn read_secret_file(path: &PathBuf) -> Result<SecretString, String> {
         ));
     }
     Ok(SecretString::from(secret.to_owned()))
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-#[cfg(unix)]
-async fn recv_hangup(hangup: &mut Hangup) {
-    match hangup {
-        Some(signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) {
-    std::future::pending().await
 }
 
 #[cfg(test)]

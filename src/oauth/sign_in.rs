@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{CallbackOutcome, IdTokenClaims, IdentityClient, TokenGrant, normalize_scopes};
-use crate::{domain::Mailbox, settings::names, store::NewConnection};
+use crate::{domain::Mailbox, store::NewConnection, variables};
 
 /// The checks between Microsoft's answer and storing it.
 pub(super) fn verify(
@@ -34,7 +34,7 @@ pub(super) fn verify(
         return Err(CallbackOutcome::failed(
             400,
             "The sign-in was issued to a different application.",
-            format!("Check {}, then call Connect again.", names::CLIENT_ID),
+            format!("Check {}, then call Connect again.", variables::CLIENT_ID),
         ));
     }
     let tenant = identity.tenant();

@@ -7,9 +7,9 @@
 use crate::{
     domain::{Mailbox, ValidationError},
     oauth::TokenRequestError,
-    settings::names,
     store::StoreError,
     transport::SendError,
+    variables,
 };
 
 /// Why a call failed.
@@ -30,11 +30,35 @@ pub enum Error {
     #[error(
         "Connect needs Microsoft: this service runs the sandbox transport (no tenant is \
          configured). Set {}, {} and {} to the app registration's values and restart",
-        names::TENANT_ID,
-        names::CLIENT_ID,
-        names::CLIENT_SECRET
+        variables::TENANT_ID,
+        variables::CLIENT_ID,
+        variables::CLIENT_SECRET
     )]
     ConnectNeedsMicrosoft,
+
+    /// The caller's role or mailboxes do not allow this.
+    #[error("caller {caller} may not {action}: {reason}")]
+    NotAllowed {
+        caller: String,
+        /// What was refused, such as "send as ceo@contoso.com".
+        action: String,
+        /// What the caller lacks.
+        reason: String,
+    },
+
+    /// `GRAPH_MAILER_ALLOWED_MAILBOXES` does not list the mailbox.
+    #[error(
+        "{mailbox} may not be connected to this service: {} does not list it",
+        variables::ALLOWED_MAILBOXES
+    )]
+    MailboxNotAllowed { mailbox: Mailbox },
+
+    /// Too many sign-in links are out and unused.
+    #[error(
+        "{outstanding} sign-in links are out and unused, the most this service keeps: wait \
+         until some are used or expire (10 minutes)"
+    )]
+    TooManySignInLinks { outstanding: u64 },
 
     /// The request names no mailbox and none is connected to stand in.
     #[error(
@@ -46,6 +70,12 @@ pub enum Error {
     /// The request names no mailbox and several are connected.
     #[error("mailbox is empty but {connected} mailboxes are connected: name the one to send as")]
     SenderAmbiguous { connected: usize },
+
+    /// The request names no mailbox and the caller may send as several.
+    #[error(
+        "mailbox is empty but caller {caller} may send as {mailboxes}: name the one to send as"
+    )]
+    SenderUnnamed { caller: String, mailboxes: String },
 
     /// The idempotency key was used for a different message within its lifetime.
     #[error(

@@ -1,8 +1,10 @@
 //! The application core behind the RPCs: Connect, SendMail, Status, Disconnect.
 //!
-//! Knows nothing of gRPC: requests arrive as parsed domain types and failures leave as
-//! [`Error`]. SendMail adds idempotency and counters around the transport; the transport is a
-//! `dyn Transport`, asked what it needs rather than matched on.
+//! Knows nothing of gRPC: requests arrive as parsed domain types with the [`Caller`] who made
+//! them, and failures leave as [`Error`]. What a caller may do is decided here: senders act only
+//! on their mailboxes, Connect and Disconnect are for admins. SendMail adds idempotency and
+//! counters around the transport; the transport is a `dyn Transport`, asked what it needs
+//! rather than matched on.
 
 mod error;
 mod idempotency;
@@ -16,8 +18,12 @@ use tracing::Instrument;
 pub use error::Error;
 
 use crate::{
+    audit::{AuditEvent, AuditLog, AuditRecord},
+    callers::Caller,
     clock::SharedClock,
-    domain::{IdempotencyKey, Mailbox, OutgoingMessage, ValidationError},
+    domain::{
+        IdempotencyKey, Mailbox, MailboxPattern, OutgoingMessage, ValidationError, any_matches,
+    },
     oauth::{ConnectFlow, SecretExpiry, SignInLink, StartError},
     store::{ConnectionState, MailboxRecord, Store},
     transport::SharedTransport,
@@ -52,71 +58,119 @@ pub struct ServiceStatus {
     pub warnings: Vec<String>,
 }
 
+/// What the core is made of.
+#[derive(Debug)]
+pub struct Parts {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub transport: SharedTransport,
+    pub connect: Option<Arc<ConnectFlow>>,
+    pub secret_expiry: SecretExpiry,
+    /// The only mailboxes Connect accepts; empty: any.
+    pub allowed_mailboxes: Vec<MailboxPattern>,
+    pub audit: Arc<AuditLog>,
+}
+
 /// The service's core.
 #[derive(Debug)]
 pub struct PostOffice {
-    store: Store,
-    clock: SharedClock,
-    transport: SharedTransport,
-    connect: Option<Arc<ConnectFlow>>,
-    secret_expiry: SecretExpiry,
+    parts: Parts,
     tallies: tally::Tallies,
 }
 
 impl PostOffice {
-    pub fn new(
-        store: Store,
-        clock: SharedClock,
-        transport: SharedTransport,
-        connect: Option<Arc<ConnectFlow>>,
-        secret_expiry: SecretExpiry,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            store,
-            clock,
-            transport,
-            connect,
-            secret_expiry,
+            parts,
             tallies: tally::Tallies::default(),
         }
     }
 
     /// The transport's name: `graph` or `sandbox`.
     pub fn transport_name(&self) -> &'static str {
-        self.transport.name()
+        self.parts.transport.name()
     }
 
-    /// Starts connecting `mailbox`: a sign-in link for its owner.
+    /// Starts connecting `mailbox`: a sign-in link for its owner. For admins, and only for
+    /// mailboxes `GRAPH_MAILER_ALLOWED_MAILBOXES` lists.
     pub async fn connect(
         &self,
+        caller: &Caller,
         mailbox: &Mailbox,
         force_consent: bool,
     ) -> Result<SignInLink, Error> {
-        let Some(connect) = &self.connect else {
+        let result = self.start_connect(caller, mailbox, force_consent).await;
+        let outcome = match &result {
+            Ok(_) => "link_issued",
+            Err(Error::NotAllowed { .. } | Error::MailboxNotAllowed { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        let mut record = AuditRecord::new(AuditEvent::Connect, outcome)
+            .caller(&caller.name)
+            .mailbox(mailbox.as_str());
+        if let Err(error) = &result {
+            record = record.detail(error.to_string());
+        }
+        self.parts.audit.record(record);
+        result
+    }
+
+    async fn start_connect(
+        &self,
+        caller: &Caller,
+        mailbox: &Mailbox,
+        force_consent: bool,
+    ) -> Result<SignInLink, Error> {
+        require_admin(caller, "call Connect")?;
+        let allowed = &self.parts.allowed_mailboxes;
+        if !allowed.is_empty() && !any_matches(allowed, mailbox) {
+            return Err(Error::MailboxNotAllowed {
+                mailbox: mailbox.clone(),
+            });
+        }
+        let Some(connect) = &self.parts.connect else {
             return Err(Error::ConnectNeedsMicrosoft);
         };
         connect
-            .start(mailbox, force_consent)
+            .start(mailbox, force_consent, &caller.name)
             .await
             .map_err(|error| match error {
                 StartError::Store(store) => Error::Store(store),
                 StartError::Link(link) => Error::SignInLink(link),
+                StartError::TooManyLinks { outstanding } => {
+                    Error::TooManySignInLinks { outstanding }
+                }
             })
     }
 
-    /// The mailbox a send goes out as: the one named, else the only connected one.
-    pub async fn resolve_sender(&self, mailbox: Option<&Mailbox>) -> Result<Mailbox, Error> {
+    /// The mailbox a send goes out as: the one named, if the caller may send as it; else the
+    /// caller's only mailbox; else (for admins) the only connected one.
+    pub async fn resolve_sender(
+        &self,
+        caller: &Caller,
+        mailbox: Option<&Mailbox>,
+    ) -> Result<Mailbox, Error> {
         if let Some(mailbox) = mailbox {
+            require_mailbox(caller, mailbox, "send as")?;
             return Ok(mailbox.clone());
         }
-        if !self.transport.needs_connected_mailboxes() {
+        if !caller.is_admin() {
+            return caller
+                .only_mailbox()
+                .cloned()
+                .ok_or_else(|| Error::SenderUnnamed {
+                    caller: caller.name.clone(),
+                    mailboxes: caller.mailbox_list(),
+                });
+        }
+        if !self.parts.transport.needs_connected_mailboxes() {
             return Err(ValidationError::new(
                 "mailbox",
                 "is required in sandbox mode, where any address may send",
             )
             .into());
         }
-        let mut connected = self.store.connected_mailboxes().await?;
+        let mut connected = self.parts.store.connected_mailboxes().await?;
         match connected.len() {
             1 => Ok(connected.remove(0)),
             0 => Err(Error::NoMailboxConnected),
@@ -148,8 +202,8 @@ impl PostOffice {
         let key = request.idempotency_key.as_ref();
         if let Some(key) = key
             && let Some(earlier) = idempotency::claim(
-                &self.store,
-                &*self.clock,
+                &self.parts.store,
+                &*self.parts.clock,
                 mailbox,
                 key,
                 &request.request_hash,
@@ -166,11 +220,12 @@ impl PostOffice {
             "sending"
         );
         let result = self
+            .parts
             .transport
             .send(mailbox, &request.message, message_id)
             .await;
         if let Some(key) = key {
-            idempotency::finish(&self.store, mailbox, key, &result).await;
+            idempotency::finish(&self.parts.store, mailbox, key, &result).await;
         }
         match result {
             Ok(accepted_at) => {
@@ -190,49 +245,112 @@ impl PostOffice {
         }
     }
 
-    /// The state of one mailbox, or of all.
-    pub async fn status(&self, mailbox: Option<&Mailbox>) -> Result<ServiceStatus, Error> {
-        let now = self.clock.now();
-        self.tallies.flush(&self.store, now).await;
+    /// The state of one mailbox, or of every mailbox the caller may send as.
+    pub async fn status(
+        &self,
+        caller: &Caller,
+        mailbox: Option<&Mailbox>,
+    ) -> Result<ServiceStatus, Error> {
+        let now = self.parts.clock.now();
+        self.flush_counters().await;
         let mailboxes = match mailbox {
-            Some(mailbox) => match self.store.mailbox(mailbox, now).await? {
-                Some(record) => vec![record],
-                None => {
-                    return Err(Error::UnknownMailbox {
-                        mailbox: mailbox.clone(),
-                    });
+            Some(mailbox) => {
+                require_mailbox(caller, mailbox, "see the status of")?;
+                match self.parts.store.mailbox(mailbox, now).await? {
+                    Some(record) => vec![record],
+                    None => {
+                        return Err(Error::UnknownMailbox {
+                            mailbox: mailbox.clone(),
+                        });
+                    }
                 }
-            },
-            None => self.store.mailboxes(now).await?,
+            }
+            None => {
+                let mut all = self.parts.store.mailboxes(now).await?;
+                all.retain(|record| caller.may_send_as(&record.mailbox));
+                all
+            }
         };
-        let mailboxes = if self.transport.needs_connected_mailboxes() {
+        let mailboxes = if self.parts.transport.needs_connected_mailboxes() {
             mailboxes
         } else {
             mailboxes.into_iter().map(as_open_mailbox).collect()
         };
         Ok(ServiceStatus {
             mailboxes,
-            transport: self.transport.name(),
-            client_secret_expires_at: self.secret_expiry.expires_at,
-            warnings: self.secret_expiry.warning(now).into_iter().collect(),
+            transport: self.parts.transport.name(),
+            client_secret_expires_at: self.parts.secret_expiry.expires_at,
+            warnings: self.parts.secret_expiry.warning(now).into_iter().collect(),
         })
     }
 
-    /// Writes buffered send counters to the store (every second, and at shutdown).
+    /// Writes buffered send counters to the store (every second, and at shutdown). Where a
+    /// mailbox must be connected to send, counters go only to mailboxes the store knows: a send
+    /// for an unknown address leaves no row.
     pub async fn flush_counters(&self) {
-        self.tallies.flush(&self.store, self.clock.now()).await;
+        let create_rows = !self.parts.transport.needs_connected_mailboxes();
+        self.tallies
+            .flush(&self.parts.store, self.parts.clock.now(), create_rows)
+            .await;
     }
 
-    /// Forgets a mailbox's tokens and pending sign-ins.
-    pub async fn disconnect(&self, mailbox: &Mailbox) -> Result<(), Error> {
-        let known = self.store.disconnect(mailbox, self.clock.now()).await?;
-        self.transport.forget(mailbox);
+    /// Forgets a mailbox's tokens and pending sign-ins. For admins.
+    pub async fn disconnect(&self, caller: &Caller, mailbox: &Mailbox) -> Result<(), Error> {
+        let result = self.forget_mailbox(caller, mailbox).await;
+        let outcome = match &result {
+            Ok(()) => "disconnected",
+            Err(Error::NotAllowed { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        self.parts.audit.record(
+            AuditRecord::new(AuditEvent::Disconnect, outcome)
+                .caller(&caller.name)
+                .mailbox(mailbox.as_str()),
+        );
+        result
+    }
+
+    async fn forget_mailbox(&self, caller: &Caller, mailbox: &Mailbox) -> Result<(), Error> {
+        require_admin(caller, "call Disconnect")?;
+        let known = self
+            .parts
+            .store
+            .disconnect(mailbox, self.parts.clock.now())
+            .await?;
+        self.parts.transport.forget(mailbox);
         tracing::info!(
             mailbox_domain = mailbox.domain(),
             known,
+            caller = caller.name,
             "mailbox disconnected"
         );
         Ok(())
+    }
+}
+
+/// Refuses a caller without the admin role.
+fn require_admin(caller: &Caller, action: &str) -> Result<(), Error> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::NotAllowed {
+            caller: caller.name.clone(),
+            action: action.to_owned(),
+            reason: "that needs role = \"admin\" in the callers file".to_owned(),
+        })
+    }
+}
+
+/// Refuses a caller that may not send as `mailbox`.
+fn require_mailbox(caller: &Caller, mailbox: &Mailbox, action: &str) -> Result<(), Error> {
+    if caller.may_send_as(mailbox) {
+        Ok(())
+    } else {
+        Err(Error::NotAllowed {
+            caller: caller.name.clone(),
+            action: format!("{action} {mailbox}"),
+            reason: format!("its mailboxes are {}", caller.mailbox_list()),
+        })
     }
 }
 

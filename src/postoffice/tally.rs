@@ -26,14 +26,15 @@ impl Tallies {
         pending.entry(mailbox.clone()).or_default().add(outcome);
     }
 
-    /// Writes everything counted so far. What cannot be written is kept for the next flush.
-    pub async fn flush(&self, store: &Store, now: DateTime<Utc>) {
+    /// Writes everything counted so far (creating rows for mailboxes the store does not know
+    /// only when `create_rows`). What cannot be written is kept for the next flush.
+    pub async fn flush(&self, store: &Store, now: DateTime<Utc>, create_rows: bool) {
         let drained: Vec<(Mailbox, SendTally)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.drain().collect()
         };
         for (mailbox, tally) in drained {
-            if let Err(error) = store.record_sends(&mailbox, &tally, now).await {
+            if let Err(error) = store.record_sends(&mailbox, &tally, now, create_rows).await {
                 tracing::warn!(
                     mailbox_domain = mailbox.domain(),
                     error = crate::telemetry::redact_addresses(&error.to_string()),

@@ -8,11 +8,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{
     RawSettings,
-    names::{
-        CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE, GRAPH_SCOPES,
-        TENANT_ID, TRANSPORT,
-    },
     validate::{Problems, secs},
+};
+use crate::variables::{
+    CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE, GRAPH_SCOPES,
+    TENANT_ID, TRANSPORT,
 };
 
 /// The Microsoft Entra tenant: a directory GUID or one of its verified domains.

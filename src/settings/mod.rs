@@ -1,6 +1,7 @@
 //! Typed, validated settings.
 //!
-//! - [`names`]: every `GRAPH_MAILER_*` variable, named once, with its default and meaning.
+//! - `crate::variables`: every `GRAPH_MAILER_*` variable, named once, with its default and
+//!   meaning.
 //! - [`raw`]: what the operator wrote (defaults, TOML file, environment).
 //! - [`types`]: the typed values settings are made of.
 //! - [`validate`] and [`azure`]: each section parses itself, collecting every problem at once
@@ -8,7 +9,6 @@
 //!   mistakes.
 
 pub mod azure;
-pub mod names;
 pub mod raw;
 pub(crate) mod types;
 mod validate;
@@ -18,18 +18,21 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use secrecy::ExposeSecret;
 use url::Url;
 
+/// The variables' names, where settings are read (see `crate::variables`).
+pub use crate::variables as names;
+use crate::variables;
+pub use crate::variables::ENV_PREFIX;
 pub use azure::{
     AzureSettings, ClientId, ClientSecretSource, GraphScopes, TenantId, secret_id_warning,
 };
-pub use names::ENV_PREFIX;
 pub use raw::RawSettings;
 pub use types::{
-    DatabaseUrl, GraphSettings, KeySource, LogFormat, MICROSOFT_MAX_MESSAGE_BYTES, PublicUrl,
-    TokenSettings,
+    AccessSettings, AuditLogTarget, DatabaseUrl, GraphSettings, KeySource, LimitSettings,
+    LogFormat, MICROSOFT_MAX_MESSAGE_BYTES, PublicUrl, TlsSettings, TokenSettings,
 };
 use validate::{
     Problems, database_url, key_source, parse_addr, parse_log_format, parse_max_message_bytes,
-    parse_public_url, parse_url,
+    parse_optional_addr, parse_public_url, parse_url,
 };
 
 /// Where messages go, as configured.
@@ -62,6 +65,15 @@ pub struct Settings {
     pub graph_url: Url,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The plaintext health-only listener (set by default when TLS is on).
+    pub health_addr: Option<SocketAddr>,
+    /// `/metrics` on a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    pub access: AccessSettings,
+    pub tls: Option<TlsSettings>,
+    pub limits: LimitSettings,
+    /// How often watched files (client secret, callers, TLS certificate) are checked.
+    pub file_reload_interval: Duration,
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
     pub encryption_key: KeySource,
@@ -95,10 +107,10 @@ impl Settings {
     pub fn from_raw(raw: RawSettings) -> Result<Self, String> {
         let mut problems = Problems::default();
         let public_url = parse_public_url(&raw.public_url, &mut problems);
-        let authority_url = problems.take(parse_url(names::AUTHORITY_URL, &raw.authority_url));
-        let graph_url = problems.take(parse_url(names::GRAPH_URL, &raw.graph_url));
-        let grpc_addr = problems.take(parse_addr(names::GRPC_ADDR, &raw.grpc_addr));
-        let http_addr = problems.take(parse_addr(names::HTTP_ADDR, &raw.http_addr));
+        let authority_url = problems.take(parse_url(variables::AUTHORITY_URL, &raw.authority_url));
+        let graph_url = problems.take(parse_url(variables::GRAPH_URL, &raw.graph_url));
+        let grpc_addr = problems.take(parse_addr(variables::GRPC_ADDR, &raw.grpc_addr));
+        let http_addr = problems.take(parse_addr(variables::HTTP_ADDR, &raw.http_addr));
         let log_format = problems.take(parse_log_format(&raw.log_format));
         let graph_chosen = problems.take(AzureSettings::chosen(&raw));
         let azure = match graph_chosen {
@@ -108,6 +120,19 @@ impl Settings {
         let max_message_bytes = problems.take(parse_max_message_bytes(raw.max_message_bytes));
         let graph = GraphSettings::from_raw(&raw, &mut problems);
         let data_dir = PathBuf::from(&raw.data_dir);
+        let access =
+            AccessSettings::from_raw(&raw, graph_chosen == Some(true), &data_dir, &mut problems);
+        let tls = TlsSettings::from_raw(&raw, &mut problems);
+        let limits = LimitSettings::from_raw(&raw, &mut problems);
+        let metrics_addr = problems.take(parse_optional_addr(
+            variables::METRICS_ADDR,
+            raw.metrics_addr.as_deref(),
+        ));
+        let default_health_addr = (raw.tls_cert_file.is_some()).then_some("0.0.0.0:8081");
+        let health_addr = problems.take(parse_optional_addr(
+            variables::HEALTH_ADDR,
+            raw.health_addr.as_deref().or(default_health_addr),
+        ));
         let database_url = database_url(&raw, &data_dir);
         let encryption_key = key_source(&raw, &data_dir, &mut problems);
         problems.finish(|warnings| {
@@ -123,6 +148,12 @@ impl Settings {
                 graph_url: graph_url?,
                 grpc_addr: grpc_addr?,
                 http_addr: http_addr?,
+                health_addr: health_addr?,
+                metrics_addr: metrics_addr?,
+                access: access?,
+                tls: tls?,
+                limits: limits?,
+                file_reload_interval: Duration::from_secs(raw.secret_reload_seconds.max(1)),
                 data_dir,
                 database_url,
                 encryption_key,
@@ -140,50 +171,54 @@ impl Settings {
     /// Every setting as `(variable, value)` for display, secrets redacted.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let unset = || "(not set)".to_owned();
-        let mut rows = vec![(names::TRANSPORT, self.transport.as_str().to_owned())];
+        let mut rows = vec![(variables::TRANSPORT, self.transport.as_str().to_owned())];
         match &self.azure {
             Some(azure) => {
-                rows.push((names::TENANT_ID, azure.tenant.to_string()));
-                rows.push((names::CLIENT_ID, azure.client_id.to_string()));
+                rows.push((variables::TENANT_ID, azure.tenant.to_string()));
+                rows.push((variables::CLIENT_ID, azure.client_id.to_string()));
                 rows.push(match &azure.client_secret {
-                    ClientSecretSource::Value(secret) => {
-                        (names::CLIENT_SECRET, redacted(secret.expose_secret().len()))
-                    }
+                    ClientSecretSource::Value(secret) => (
+                        variables::CLIENT_SECRET,
+                        redacted(secret.expose_secret().len()),
+                    ),
                     ClientSecretSource::File(path) => {
-                        (names::CLIENT_SECRET_FILE, path.display().to_string())
+                        (variables::CLIENT_SECRET_FILE, path.display().to_string())
                     }
                 });
                 rows.push((
-                    names::CLIENT_SECRET_EXPIRES_AT,
+                    variables::CLIENT_SECRET_EXPIRES_AT,
                     azure
                         .client_secret_expires_at
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_else(unset),
                 ));
-                rows.push((names::GRAPH_SCOPES, azure.scopes.names().join(" ")));
+                rows.push((variables::GRAPH_SCOPES, azure.scopes.names().join(" ")));
             }
-            None => rows.push((names::TENANT_ID, unset())),
+            None => rows.push((variables::TENANT_ID, unset())),
         }
         rows.extend([
-            (names::PUBLIC_URL, self.public_url.as_str().to_owned()),
+            (variables::PUBLIC_URL, self.public_url.as_str().to_owned()),
             ("redirect URI", self.public_url.redirect_uri()),
-            (names::AUTHORITY_URL, self.authority_url.to_string()),
-            (names::GRAPH_URL, self.graph_url.to_string()),
-            (names::GRPC_ADDR, self.grpc_addr.to_string()),
-            (names::HTTP_ADDR, self.http_addr.to_string()),
-            (names::DATA_DIR, self.data_dir.display().to_string()),
-            (names::DATABASE_URL, self.database_url.redacted()),
+            (variables::AUTHORITY_URL, self.authority_url.to_string()),
+            (variables::GRAPH_URL, self.graph_url.to_string()),
+            (variables::GRPC_ADDR, self.grpc_addr.to_string()),
+            (variables::HTTP_ADDR, self.http_addr.to_string()),
+            (variables::DATA_DIR, self.data_dir.display().to_string()),
+            (variables::DATABASE_URL, self.database_url.redacted()),
             (
-                names::ENCRYPTION_KEY,
+                variables::ENCRYPTION_KEY,
                 match &self.encryption_key {
                     KeySource::Value(key) => redacted(key.expose_secret().len()),
                     KeySource::File(path) => format!("from file {}", path.display()),
                     KeySource::Generated(path) => format!("generated in {}", path.display()),
                 },
             ),
-            (names::MAX_MESSAGE_BYTES, self.max_message_bytes.to_string()),
             (
-                names::LOG_FORMAT,
+                variables::MAX_MESSAGE_BYTES,
+                self.max_message_bytes.to_string(),
+            ),
+            (
+                variables::LOG_FORMAT,
                 match self.log_format {
                     LogFormat::Text => "text".into(),
                     LogFormat::Json => "json".into(),
@@ -236,6 +271,7 @@ mod tests {
             ("TENANT_ID", TENANT),
             ("CLIENT_ID", CLIENT),
             ("CLIENT_SECRET", "s3cr3t~value"),
+            ("CALLERS_FILE", "/etc/graph-mailer/callers.toml"),
         ]))
         .unwrap();
         assert_eq!(settings.transport, TransportKind::Graph);
@@ -248,6 +284,7 @@ mod tests {
             ("TENANT_ID", TENANT),
             ("CLIENT_ID", CLIENT),
             ("CLIENT_SECRET", "99999999-8888-7777-6666-555555555555"),
+            ("CALLERS_FILE", "/etc/graph-mailer/callers.toml"),
         ]))
         .unwrap();
         assert!(settings.warnings[0].contains("secret's ID"));
@@ -285,12 +322,53 @@ mod tests {
             ("CLIENT_SECRET", "very-secret-value"),
             ("ENCRYPTION_KEY", "another-secret-value"),
             ("DATABASE_URL", "postgres://app:hunter2@db/mail"),
+            ("CALLERS_FILE", "/etc/graph-mailer/callers.toml"),
         ]))
         .unwrap();
         let shown = format!("{settings:?} {:?}", settings.describe());
         for secret in ["very-secret-value", "another-secret-value", "hunter2"] {
             assert!(!shown.contains(secret), "{secret} leaked");
         }
+    }
+
+    #[test]
+    fn graph_mode_needs_a_callers_file_or_an_explicit_open_door() {
+        let graph = [
+            ("TENANT_ID", TENANT),
+            ("CLIENT_ID", CLIENT),
+            ("CLIENT_SECRET", "s3cr3t~value"),
+        ];
+        let error = Settings::from_raw(raw(&graph)).unwrap_err();
+        assert!(
+            error.contains("GRAPH_MAILER_CALLERS_FILE is not set"),
+            "{error}"
+        );
+        let open = [&graph[..], &[("ALLOW_UNAUTHENTICATED", "true")]].concat();
+        let settings = Settings::from_raw(raw(&open)).unwrap();
+        assert!(
+            settings.warnings[0].contains("anyone who reaches the gRPC port"),
+            "{:?}",
+            settings.warnings
+        );
+        let sandbox = Settings::from_raw(raw(&[])).unwrap();
+        assert!(
+            sandbox.warnings.is_empty(),
+            "the sandbox stays open without a file"
+        );
+    }
+
+    #[test]
+    fn tls_needs_its_certificate_and_key_and_brings_a_plaintext_health_listener() {
+        let error = Settings::from_raw(raw(&[("TLS_CERT_FILE", "/tls/tls.crt")])).unwrap_err();
+        assert!(error.contains("GRAPH_MAILER_TLS_KEY_FILE"), "{error}");
+        let settings = Settings::from_raw(raw(&[
+            ("TLS_CERT_FILE", "/tls/tls.crt"),
+            ("TLS_KEY_FILE", "/tls/tls.key"),
+        ]))
+        .unwrap();
+        assert!(settings.tls.is_some());
+        assert_eq!(settings.health_addr.unwrap().port(), 8081);
+        assert!(Settings::from_raw(raw(&[])).unwrap().health_addr.is_none());
     }
 
     #[test]

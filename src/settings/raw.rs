@@ -13,7 +13,7 @@ use figment::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::names::{self, ENV_PREFIX};
+use crate::variables::{self, ENV_PREFIX};
 
 /// Every setting, unvalidated. Field names are the environment variable names without the
 /// prefix, in lower case, and the keys of the TOML file.
@@ -34,6 +34,19 @@ pub struct RawSettings {
     pub graph_scopes: String,
     pub grpc_addr: String,
     pub http_addr: String,
+    pub health_addr: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub callers_file: Option<String>,
+    pub allow_unauthenticated: bool,
+    pub allowed_mailboxes: Option<String>,
+    pub reflection: bool,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_client_ca_file: Option<String>,
+    pub audit_log: Option<String>,
+    pub max_inflight_bytes: u64,
+    pub rpc_timeout_seconds: u64,
+    pub max_streams_per_connection: u64,
     pub data_dir: String,
     pub database_url: Option<String>,
     #[serde(skip_serializing)]
@@ -72,6 +85,19 @@ impl Default for RawSettings {
             graph_scopes: "Mail.Send".into(),
             grpc_addr: "0.0.0.0:50051".into(),
             http_addr: "0.0.0.0:8080".into(),
+            health_addr: None,
+            metrics_addr: None,
+            callers_file: None,
+            allow_unauthenticated: false,
+            allowed_mailboxes: None,
+            reflection: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            audit_log: None,
+            max_inflight_bytes: 300 * 1024 * 1024,
+            rpc_timeout_seconds: 300,
+            max_streams_per_connection: 100,
             data_dir: "./data".into(),
             database_url: None,
             encryption_key: None,
@@ -123,7 +149,7 @@ pub fn load(
         let Some(key) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if names::NOT_SETTINGS.contains(&name.as_str()) || key.starts_with("TEST_") {
+        if variables::NOT_SETTINGS.contains(&name.as_str()) || key.starts_with("TEST_") {
             continue;
         }
         let key = key.to_ascii_lowercase();
@@ -145,14 +171,14 @@ pub fn load(
 
 /// Every environment variable graph-mailer reads, with its prefix.
 pub fn known_variables() -> Vec<String> {
-    names::ALL.iter().map(|v| v.name.to_owned()).collect()
+    variables::ALL.iter().map(|v| v.name.to_owned()).collect()
 }
 
 fn known_keys() -> Vec<String> {
-    names::ALL
+    variables::ALL
         .iter()
-        .filter(|v| !names::NOT_SETTINGS.contains(&v.name))
-        .map(names::Variable::key)
+        .filter(|v| !variables::NOT_SETTINGS.contains(&v.name))
+        .map(variables::Variable::key)
         .collect()
 }
 

@@ -118,3 +118,41 @@ impl std::fmt::Debug for DatabaseUrl {
         f.write_str(&self.redacted())
     }
 }
+
+/// Who may call, and what is recorded of it.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// The callers file; `None` runs open (the sandbox, or graph mode explicitly allowed).
+    pub callers_file: Option<PathBuf>,
+    /// The only mailboxes Connect accepts; empty: any.
+    pub allowed_mailboxes: Vec<crate::domain::MailboxPattern>,
+    /// Whether gRPC reflection is served.
+    pub reflection: bool,
+    pub audit_log: AuditLogTarget,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// The certificate both listeners serve, and the CA that signs gRPC callers' certificates.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// mTLS: gRPC callers must present a certificate signed by one of these CAs.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// What one call, one connection and all calls together may take.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    /// Request bytes all calls together may hold.
+    pub max_inflight_bytes: u64,
+    pub rpc_timeout: Duration,
+    pub max_streams_per_connection: u32,
+}

@@ -14,7 +14,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 
-use crate::settings::{KeySource, names};
+use crate::{settings::KeySource, variables};
 
 /// Format version prepended to every ciphertext, so the scheme can change later.
 const VERSION: u8 = 1;
@@ -77,7 +77,7 @@ impl TokenCipher {
     pub fn load(source: &KeySource) -> Result<(Self, KeyOrigin), KeyError> {
         match source {
             KeySource::Value(value) => {
-                let key = decode_key(value.expose_secret(), names::ENCRYPTION_KEY)?;
+                let key = decode_key(value.expose_secret(), variables::ENCRYPTION_KEY)?;
                 Ok((Self::new(&key), KeyOrigin::Configured))
             }
             KeySource::File(path) => {
@@ -180,24 +180,52 @@ fn read_key_file(path: &Path) -> Result<SecretBox<[u8; 32]>, KeyError> {
     decode_key(&text, &path.display().to_string())
 }
 
+/// Creates the key file atomically: the key is written and synced under a temporary name, then
+/// linked to its real name, which fails if the name exists. A crash at any point leaves either
+/// no key file or a complete one, never an empty one; two processes starting at once end up
+/// with the same key (the loser reads the winner's).
 fn generate_key_file(path: &Path) -> Result<SecretBox<[u8; 32]>, KeyError> {
     let write_error = |source| KeyError::Write {
         path: path.display().to_string(),
         source,
     };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(write_error)?;
-    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(write_error)?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(write_error)?;
-    writeln!(file, "{}", STANDARD.encode(bytes)).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
-    Ok(SecretBox::new(Box::new(bytes)))
+    let temporary = parent.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary)?;
+        writeln!(file, "{}", STANDARD.encode(bytes))?;
+        file.sync_all()?;
+        fs::hard_link(&temporary, path)
+    })();
+    let _ = fs::remove_file(&temporary);
+    match written {
+        Ok(()) => {
+            // The new name must survive a crash too.
+            if let Ok(directory) = fs::File::open(parent) {
+                let _ = directory.sync_all();
+            }
+            Ok(SecretBox::new(Box::new(bytes)))
+        }
+        // Another process created it first: use its key.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(path),
+        Err(error) => Err(write_error(error)),
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +264,19 @@ mod tests {
             decode_key("short", "test"),
             Err(KeyError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_key_file_created_meanwhile_by_another_process_is_used_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("encryption.key");
+        let theirs = STANDARD.encode([9u8; 32]);
+        fs::write(&path, format!("{theirs}\n")).unwrap();
+        let key = generate_key_file(&path).unwrap();
+        assert_eq!(key.expose_secret(), &[9u8; 32]);
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), theirs);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
     }
 
     #[test]

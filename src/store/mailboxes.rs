@@ -2,6 +2,8 @@
 //! its encrypted tokens (read and rewritten by [`super::tokens`]), its counters and its last
 //! error.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::{Row, any::AnyRow};
@@ -85,9 +87,10 @@ impl Store {
         mailbox: &Mailbox,
         now: DateTime<Utc>,
     ) -> Result<Option<MailboxRecord>, StoreError> {
-        let sql = format!("{STATUS_SELECT} WHERE m.mailbox = $2");
+        let sql = format!("{STATUS_SELECT} WHERE s.mailbox = $3");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now.timestamp_millis())
+            .bind(ConnectionState::NotConnected)
             .bind(mailbox.as_str())
             .fetch_optional(self.pool())
             .await?;
@@ -96,9 +99,10 @@ impl Store {
 
     /// Every mailbox the store knows, by address.
     pub async fn mailboxes(&self, now: DateTime<Utc>) -> Result<Vec<MailboxRecord>, StoreError> {
-        let sql = format!("{STATUS_SELECT} ORDER BY m.mailbox");
+        let sql = format!("{STATUS_SELECT} ORDER BY s.mailbox");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now.timestamp_millis())
+            .bind(ConnectionState::NotConnected)
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(status_from_row).collect()
@@ -203,44 +207,36 @@ impl Store {
     }
 
     /// Adds a batch of send outcomes to a mailbox's counters. The last outcome decides
-    /// `last_error`: a failure sets it, a success clears an earlier send error.
+    /// `last_error`: a failure sets it, a success clears an earlier send error. Without
+    /// `create_row`, a mailbox the store does not know is left out.
     pub async fn record_sends(
         &self,
         mailbox: &Mailbox,
         sends: &SendTally,
         now: DateTime<Utc>,
+        create_row: bool,
     ) -> Result<(), StoreError> {
         let error = match &sends.last_outcome {
             Some(Err(message)) => Some(message.as_str()),
             _ => None,
         };
         let succeeded_last = matches!(sends.last_outcome, Some(Ok(())));
-        sqlx::query(
-            "INSERT INTO mailboxes (mailbox, sent_total, failed_total, last_sent_at, last_error, \
-               last_error_source, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 IS NULL THEN NULL ELSE $8 END, $6, $6) \
-             ON CONFLICT (mailbox) DO UPDATE SET \
-               sent_total = mailboxes.sent_total + $2, \
-               failed_total = mailboxes.failed_total + $3, \
-               last_sent_at = COALESCE($4, mailboxes.last_sent_at), \
-               last_error = CASE WHEN $5 IS NOT NULL THEN $5 \
-                                 WHEN $7 AND mailboxes.last_error_source = $8 THEN NULL \
-                                 ELSE mailboxes.last_error END, \
-               last_error_source = CASE WHEN $5 IS NOT NULL THEN $8 \
-                                        WHEN $7 AND mailboxes.last_error_source = $8 THEN NULL \
-                                        ELSE mailboxes.last_error_source END, \
-               updated_at = $6",
-        )
-        .bind(mailbox.as_str())
-        .bind(i64::try_from(sends.sent).unwrap_or(i64::MAX))
-        .bind(i64::try_from(sends.failed).unwrap_or(i64::MAX))
-        .bind(sends.last_sent_at.map(|t| t.timestamp_millis()))
-        .bind(error)
-        .bind(now.timestamp_millis())
-        .bind(succeeded_last)
-        .bind(ErrorSource::Send)
-        .execute(self.pool())
-        .await?;
+        let sql: &'static str = if create_row {
+            &RECORD_SENDS_CREATING
+        } else {
+            &RECORD_SENDS_KNOWN_ONLY
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(mailbox.as_str())
+            .bind(i64::try_from(sends.sent).unwrap_or(i64::MAX))
+            .bind(i64::try_from(sends.failed).unwrap_or(i64::MAX))
+            .bind(sends.last_sent_at.map(|t| t.timestamp_millis()))
+            .bind(error)
+            .bind(now.timestamp_millis())
+            .bind(succeeded_last)
+            .bind(ErrorSource::Send)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
@@ -274,12 +270,48 @@ impl Store {
     }
 }
 
-const STATUS_SELECT: &str = "SELECT m.mailbox, m.state, m.account, m.scopes, m.connected_at, \
-       m.access_token_expires_at, m.last_refreshed_at, m.last_sent_at, m.last_error, \
-       m.sent_total, m.failed_total, \
-       (SELECT COUNT(*) FROM pending_authorizations p \
-         WHERE p.mailbox = m.mailbox AND p.expires_at > $1) AS pending \
-     FROM mailboxes m";
+/// The counters' update when a send is counted.
+const RECORD_SENDS_UPDATE: &str = "sent_total = mailboxes.sent_total + $2, \
+       failed_total = mailboxes.failed_total + $3, \
+       last_sent_at = COALESCE($4, mailboxes.last_sent_at), \
+       last_error = CASE WHEN $5 IS NOT NULL THEN $5 \
+                         WHEN $7 AND mailboxes.last_error_source = $8 THEN NULL \
+                         ELSE mailboxes.last_error END, \
+       last_error_source = CASE WHEN $5 IS NOT NULL THEN $8 \
+                                WHEN $7 AND mailboxes.last_error_source = $8 THEN NULL \
+                                ELSE mailboxes.last_error_source END, \
+       updated_at = $6";
+
+/// Counts sends, creating the mailbox's row if needed (the sandbox: any address may send).
+static RECORD_SENDS_CREATING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO mailboxes (mailbox, sent_total, failed_total, last_sent_at, last_error, \
+           last_error_source, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 IS NULL THEN NULL ELSE $8 END, $6, $6) \
+         ON CONFLICT (mailbox) DO UPDATE SET {RECORD_SENDS_UPDATE}"
+    )
+});
+
+/// Counts sends of a mailbox the store knows; nothing for an unknown one.
+static RECORD_SENDS_KNOWN_ONLY: LazyLock<String> =
+    LazyLock::new(|| format!("UPDATE mailboxes SET {RECORD_SENDS_UPDATE} WHERE mailbox = $1"));
+
+/// Every mailbox with a row, and those with only a sign-in link out (a link makes no row).
+/// `$1` is now, `$2` the state of a mailbox that has only a link.
+const STATUS_SELECT: &str = "SELECT * FROM ( \
+       SELECT m.mailbox, m.state, m.account, m.scopes, m.connected_at, \
+         m.access_token_expires_at, m.last_refreshed_at, m.last_sent_at, m.last_error, \
+         m.sent_total, m.failed_total, \
+         (SELECT COUNT(*) FROM pending_authorizations p \
+           WHERE p.mailbox = m.mailbox AND p.expires_at > $1) AS pending \
+       FROM mailboxes m \
+       UNION ALL \
+       SELECT p.mailbox, $2, NULL, '', NULL, NULL, NULL, NULL, NULL, 0, 0, COUNT(*) \
+       FROM pending_authorizations p \
+       WHERE p.expires_at > $1 \
+         AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.mailbox = p.mailbox) \
+       GROUP BY p.mailbox \
+     ) s";
 
 fn status_from_row(row: &AnyRow) -> Result<MailboxRecord, StoreError> {
     let mailbox: String = row.try_get("mailbox")?;

@@ -29,11 +29,11 @@ use sqlx::{
 pub use crypto::{KeyOrigin, TokenCipher};
 pub use idempotency::{Claim, IdempotencyRecord};
 pub use mailboxes::{MailboxRecord, NewConnection, SendTally};
-pub use sign_ins::PendingAuthorization;
+pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};
 pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, UnknownState};
 pub use tokens::{RefreshedTokens, StoredTokens, TokenLock};
 
-use crate::settings::{DatabaseUrl, names};
+use crate::{settings::DatabaseUrl, variables};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -50,7 +50,7 @@ pub enum Backend {
 pub enum StoreError {
     #[error(
         "{} must start with sqlite:// or postgres://, not {scheme}",
-        names::DATABASE_URL
+        variables::DATABASE_URL
     )]
     UnsupportedUrl { scheme: String },
     #[error("cannot create the data directory {path}: {source}")]
@@ -66,7 +66,7 @@ pub enum StoreError {
         "the store was written with a different encryption key: set {} (or _FILE) to the key \
          it was created with (every replica needs the same key), or start \
          with an empty database and connect the mailboxes again",
-        names::ENCRYPTION_KEY
+        variables::ENCRYPTION_KEY
     )]
     WrongKey,
     #[error("{0}")]

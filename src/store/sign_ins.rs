@@ -18,24 +18,64 @@ pub struct PendingAuthorization {
     pub pkce_verifier: SecretString,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The caller who asked for the link.
+    pub requested_by: Option<String>,
+}
+
+/// How many sign-in links may be out at once.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    /// Per mailbox: a new link beyond it replaces the oldest.
+    pub per_mailbox: u32,
+    /// In all: beyond it, no new link until some are used or expire.
+    pub total: u64,
+}
+
+/// Whether a link was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// `total` links are out already.
+    Full {
+        outstanding: u64,
+    },
 }
 
 impl Store {
-    /// Stores a sign-in link's state and PKCE verifier until the callback.
-    pub async fn insert_pending(&self, pending: &PendingAuthorization) -> Result<(), StoreError> {
+    /// Stores a sign-in link's state and PKCE verifier until the callback, within `limits`.
+    /// No mailbox row is made: a link for an address that never connects leaves nothing behind
+    /// once it expires.
+    pub async fn insert_pending(
+        &self,
+        pending: &PendingAuthorization,
+        limits: LinkLimits,
+    ) -> Result<Stored, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // The write first: SQLite cannot turn a read into a write lock while another
+        // connection reads (it answers "database is locked" at once).
         sqlx::query(
-            "INSERT INTO mailboxes (mailbox, created_at, updated_at) VALUES ($1, $2, $2) \
-             ON CONFLICT (mailbox) DO NOTHING",
+            "DELETE FROM pending_authorizations WHERE mailbox = $1 AND state_hash NOT IN \
+               (SELECT state_hash FROM pending_authorizations WHERE mailbox = $1 \
+                ORDER BY created_at DESC LIMIT $2)",
         )
         .bind(pending.mailbox.as_str())
-        .bind(pending.created_at.timestamp_millis())
+        .bind(i64::from(limits.per_mailbox.saturating_sub(1)))
         .execute(&mut *tx)
         .await?;
+        let outstanding: i64 =
+            sqlx::query("SELECT COUNT(*) FROM pending_authorizations WHERE expires_at > $1")
+                .bind(pending.created_at.timestamp_millis())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        let outstanding = u64::try_from(outstanding).unwrap_or(0);
+        if outstanding >= limits.total {
+            return Ok(Stored::Full { outstanding });
+        }
         sqlx::query(
             "INSERT INTO pending_authorizations \
-               (state_hash, mailbox, pkce_verifier, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+               (state_hash, mailbox, pkce_verifier, created_at, expires_at, requested_by) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&pending.state_hash)
         .bind(pending.mailbox.as_str())
@@ -45,10 +85,11 @@ impl Store {
         ))
         .bind(pending.created_at.timestamp_millis())
         .bind(pending.expires_at.timestamp_millis())
+        .bind(pending.requested_by.as_deref())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Stored::Yes)
     }
 
     /// Removes and returns a pending sign-in: a state can be used once, on any replica.
@@ -59,7 +100,7 @@ impl Store {
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         let row = sqlx::query(
             "DELETE FROM pending_authorizations WHERE state_hash = $1 \
-             RETURNING mailbox, pkce_verifier, created_at, expires_at",
+             RETURNING mailbox, pkce_verifier, created_at, expires_at, requested_by",
         )
         .bind(state_hash)
         .fetch_optional(self.pool())
@@ -68,7 +109,7 @@ impl Store {
         let verifier: Vec<u8> = row.try_get("pkce_verifier")?;
         let mailbox: String = row.try_get("mailbox")?;
         let pkce_verifier = self
-            .cipher
+            .cipher()
             .open(&pending_context(state_hash), &verifier)
             .map_err(|_| StoreError::Undecryptable(mailbox.clone()))?;
         Ok(Some(PendingAuthorization {
@@ -77,6 +118,7 @@ impl Store {
             pkce_verifier,
             created_at: from_millis(row.try_get("created_at")?),
             expires_at: from_millis(row.try_get("expires_at")?),
+            requested_by: row.try_get("requested_by")?,
         }))
     }
 

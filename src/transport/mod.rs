@@ -19,7 +19,7 @@ pub use sandbox::SandboxTransport;
 use crate::{
     domain::{Mailbox, OutgoingMessage, ValidationError},
     oauth::TokenError,
-    settings::names,
+    variables,
 };
 
 /// A delivery route.
@@ -84,7 +84,7 @@ pub enum SendError {
         "this message's {needed_for} need Microsoft's draft and upload-session path, which needs \
          the delegated permission {permission}: add it to the app registration and to {}, \
          then call Connect again for {mailbox} with force_consent",
-        names::GRAPH_SCOPES
+        variables::GRAPH_SCOPES
     )]
     MissingPermission {
         mailbox: Mailbox,

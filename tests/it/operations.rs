@@ -376,6 +376,20 @@ async fn a_rotated_secret_file_is_used_without_a_restart() {
     assert_eq!(ms.graph.delivered().len(), 2);
 }
 
+/// A callers file with one admin, as a complete set-up has.
+fn callers_file(dir: &std::path::Path) -> String {
+    let path = dir.join("callers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[caller]]\nname = \"ops\"\nrole = \"admin\"\nkey_sha256 = \"{}\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
 fn settings_for(ms: &Microsoft, data_dir: &std::path::Path, extra: &[(&str, String)]) -> Settings {
     let expires = (chrono::Utc::now() + chrono::Duration::days(365))
         .format("%Y-%m-%d")
@@ -386,6 +400,7 @@ fn settings_for(ms: &Microsoft, data_dir: &std::path::Path, extra: &[(&str, Stri
         .chain([
             ("DATA_DIR", data_dir.display().to_string()),
             ("CLIENT_SECRET_EXPIRES_AT", expires),
+            ("CALLERS_FILE", callers_file(data_dir)),
         ])
         .map(|(k, v)| (format!("GRAPH_MAILER_{k}"), v))
         .collect();

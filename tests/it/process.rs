@@ -120,6 +120,7 @@ impl Service {
 fn graph_env(ms: &Microsoft) -> Vec<(&'static str, String)> {
     let mut env = ms.env();
     env.push(("LOG_FORMAT", "json".to_owned()));
+    env.push(("ALLOW_UNAUTHENTICATED", "true".to_owned()));
     env
 }
 

@@ -173,6 +173,11 @@ impl AppBuilder {
                     "GRAPH_MAILER_GRAPH_TIMEOUT_SECONDS".to_owned(),
                     "5".to_owned(),
                 ),
+                // Tests of callers' rights set a callers file; the others run open.
+                (
+                    "GRAPH_MAILER_ALLOW_UNAUTHENTICATED".to_owned(),
+                    "true".to_owned(),
+                ),
             ]);
         }
         // Later entries win: the test's own settings override the defaults above.
