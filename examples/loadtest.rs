@@ -28,8 +28,36 @@ use std::{
 
 use fake_graph::FakeGraph;
 use fake_identity::{CLIENT_ID, CLIENT_SECRET, FakeIdentity, TENANT, TokenRegistry};
-use graph_mailer::proto::{self, mailer_client::MailerClient};
-use tonic::transport::Channel;
+use graph_mailer::{
+    callers::key,
+    proto::{self, mailer_client::MailerClient},
+};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// The load generator calls as an admin of a callers file: the per-call authentication is part
+/// of what is measured.
+const KEY: &str = "gm_loadtest-key-000000000000000000000000000000";
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = MailerClient<InterceptedService<Channel, Bearer>>;
 
 const MAILBOX: &str = "noreply@contoso.com";
 
@@ -87,6 +115,15 @@ struct Service {
 impl Service {
     async fn start(identity: &FakeIdentity, graph: &FakeGraph) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let callers = data.path().join("callers.toml");
+        std::fs::write(
+            &callers,
+            format!(
+                "[[caller]]\nname = \"loadtest\"\nrole = \"admin\"\nkey_sha256 = \"{}\"\n",
+                key::hex(&key::digest(KEY))
+            ),
+        )
+        .unwrap();
         let (grpc_port, http_port) = (free_port(), free_port());
         identity.register_redirect_uri(&format!("http://127.0.0.1:{http_port}/oauth2/callback"));
         let child = Command::new(binary())
@@ -105,6 +142,7 @@ impl Service {
                 format!("http://127.0.0.1:{http_port}"),
             )
             .env("GRAPH_MAILER_LOG_FORMAT", "json")
+            .env("GRAPH_MAILER_CALLERS_FILE", &callers)
             .env(
                 "RUST_LOG",
                 std::env::var("LOADTEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
@@ -141,13 +179,14 @@ impl Service {
         service
     }
 
-    async fn client(&self) -> MailerClient<Channel> {
+    async fn client(&self) -> Client {
         let channel = Channel::from_shared(self.grpc.clone())
             .unwrap()
             .connect()
             .await
             .unwrap();
-        MailerClient::new(channel)
+        let bearer = Bearer(MetadataValue::try_from(format!("Bearer {KEY}")).unwrap());
+        MailerClient::with_interceptor(channel, bearer)
             .max_encoding_message_size(256 << 20)
             .max_decoding_message_size(256 << 20)
     }

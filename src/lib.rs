@@ -32,7 +32,7 @@
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
-pub(crate) mod audit;
+pub mod audit;
 pub mod callers;
 pub mod check;
 pub mod cli;

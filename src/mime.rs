@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+use base64::Engine;
+
 use chrono::{DateTime, Utc};
 use mail_builder::{
     MessageBuilder,
@@ -120,8 +122,15 @@ fn body_structure<'a>(message: &'a OutgoingMessage, attachments: &'a [Attachment
 }
 
 fn attachment_part(attachment: &Attachment) -> MimePart<'_> {
-    let contents = BodyPart::Binary(Cow::Borrowed(&attachment.content[..]));
-    let part = MimePart::new(attachment.content_type.as_str(), contents);
+    let part = MimePart::new(
+        attachment.content_type.as_str(),
+        attachment_body(attachment),
+    );
+    let part = if is_text(&attachment.content_type) {
+        part.transfer_encoding("base64")
+    } else {
+        part
+    };
     match &attachment.content_id {
         Some(cid) => part
             .header(
@@ -131,6 +140,30 @@ fn attachment_part(attachment: &Attachment) -> MimePart<'_> {
             .cid(cid.as_str()),
         None => part.attachment(attachment.filename.as_str()),
     }
+}
+
+/// An attachment's body. Binary types are base64-encoded by the builder. Text types would be
+/// written as quoted-printable or as lines, where a reader may turn bare line feeds into CRLF
+/// or decode the bytes in a charset nobody declared: an attachment must arrive byte for byte,
+/// so text is base64-encoded here (76-character lines) and written as it is.
+fn attachment_body(attachment: &Attachment) -> BodyPart<'_> {
+    if !is_text(&attachment.content_type) {
+        return BodyPart::Binary(Cow::Borrowed(&attachment.content[..]));
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&attachment.content);
+    let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        wrapped.push_str(std::str::from_utf8(line).unwrap_or_default());
+        wrapped.push_str("\r\n");
+    }
+    // Binary, so the builder adds no charset the bytes may not be in.
+    BodyPart::Binary(Cow::Owned(wrapped.into_bytes()))
+}
+
+fn is_text(content_type: &str) -> bool {
+    content_type
+        .get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("text/"))
 }
 
 #[cfg(test)]
@@ -243,5 +276,51 @@ mod tests {
         let parsed = MessageParser::default().parse(&raw).unwrap();
         assert_eq!(parsed.attachments().count(), 0);
         assert_eq!(parsed.body_text(0).as_deref(), Some("Plain text"));
+    }
+
+    #[test]
+    fn a_text_attachment_travels_byte_for_byte() {
+        let bytes = Bytes::from_static(b"a;b\nlatin-1: \xe9\x80\r\nend");
+        let message = OutgoingMessage::new(
+            MessageParts {
+                to: vec![Recipient::parse("to[0]", "bob@example.com", "").unwrap()],
+                attachments: vec![
+                    Attachment::parse("attachments[0]", "data.csv", "text/csv", bytes.clone(), "")
+                        .unwrap(),
+                ],
+                ..Default::default()
+            },
+            1 << 20,
+        )
+        .unwrap();
+        let from = Mailbox::parse("mailbox", "noreply@contoso.com").unwrap();
+        let raw = build(
+            &message,
+            Envelope {
+                from: &from,
+                message_id: "id",
+                date: Utc::now(),
+            },
+            AttachmentSelection::All,
+        );
+        let text = String::from_utf8_lossy(&raw);
+        let part = text.split("Content-Type: text/csv").nth(1).unwrap();
+        assert!(part.starts_with("\r\n"), "no charset is claimed: {text}");
+        assert!(part.contains("Content-Transfer-Encoding: base64"), "{text}");
+        let body: String = part
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n--")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap(),
+            &bytes[..]
+        );
     }
 }

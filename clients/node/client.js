@@ -20,9 +20,43 @@ const { graphmailer } = grpc.loadPackageDefinition(definition);
 /** FAILED_PRECONDITION: an operator must act (connect the mailbox, add a permission). */
 class SetupRequired extends Error {}
 
-/** A Mailer client on a plaintext channel (use TLS between hosts). */
-function client(address) {
-  return new graphmailer.v1.Mailer(address, grpc.credentials.createInsecure());
+/**
+ * UNAUTHENTICATED or PERMISSION_DENIED: the key is missing or wrong, or this caller may not do
+ * this (send as that mailbox, Connect). Retrying cannot help.
+ */
+class NotAllowed extends Error {}
+
+/**
+ * A Mailer client presenting the caller key `key` (from the operator's `graph-mailer new-key`).
+ * With `rootCertificates` (a Buffer with the PEM of the CA that signed the service's
+ * certificate) the channel is TLS and the key travels as call credentials; without, plaintext
+ * (only on one host, or inside a mesh that encrypts).
+ */
+function client(address, { key, rootCertificates } = {}) {
+  const bearer = key
+    ? grpc.credentials.createFromMetadataGenerator((_params, done) => {
+        const metadata = new grpc.Metadata();
+        metadata.add('authorization', `Bearer ${key}`);
+        done(null, metadata);
+      })
+    : null;
+  if (rootCertificates) {
+    const tls = grpc.credentials.createSsl(rootCertificates);
+    return new graphmailer.v1.Mailer(address, bearer ? grpc.credentials.combineChannelCredentials(tls, bearer) : tls);
+  }
+  const options = bearer ? { interceptors: [keyInterceptor(key)] } : {};
+  return new graphmailer.v1.Mailer(address, grpc.credentials.createInsecure(), options);
+}
+
+/** Adds the key to every call on a plaintext channel (call credentials need TLS). */
+function keyInterceptor(key) {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.add('authorization', `Bearer ${key}`);
+        next(metadata, listener);
+      },
+    });
 }
 
 function call(mailer, method, request, deadlineSeconds = 60) {
@@ -46,6 +80,9 @@ async function sendMail(mailer, request, { attempts = 5, deadlineSeconds = 60 } 
       return await call(mailer, 'SendMail', request, deadlineSeconds);
     } catch (error) {
       if (error.code === grpc.status.FAILED_PRECONDITION) throw new SetupRequired(error.details);
+      if (error.code === grpc.status.UNAUTHENTICATED || error.code === grpc.status.PERMISSION_DENIED) {
+        throw new NotAllowed(error.details);
+      }
       const retryable = error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.RESOURCE_EXHAUSTED;
       if (!retryable || attempt >= attempts) throw error;
       await sleep(delay);
@@ -85,4 +122,4 @@ function status(mailer, mailbox = '') {
   return call(mailer, 'Status', { mailbox });
 }
 
-module.exports = { client, sendMail, invoiceMail, connect, status, SetupRequired, grpc };
+module.exports = { client, sendMail, invoiceMail, connect, status, SetupRequired, NotAllowed, grpc };

@@ -23,19 +23,21 @@ function freePort() {
   });
 }
 
-async function startServer(grpcPort) {
+async function startServer(grpcPort, callers) {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gm-node-'));
   const httpPort = await freePort();
-  const child = spawn(BINARY, [], {
-    env: {
-      PATH: process.env.PATH,
-      GRAPH_MAILER_DATA_DIR: dataDir,
-      GRAPH_MAILER_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
-      GRAPH_MAILER_HTTP_ADDR: `127.0.0.1:${httpPort}`,
-      RUST_LOG: 'warn',
-    },
-    stdio: 'ignore',
-  });
+  const env = {
+    PATH: process.env.PATH,
+    GRAPH_MAILER_DATA_DIR: dataDir,
+    GRAPH_MAILER_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
+    GRAPH_MAILER_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+    RUST_LOG: 'warn',
+  };
+  if (callers) {
+    env.GRAPH_MAILER_CALLERS_FILE = path.join(dataDir, 'callers.toml');
+    fs.writeFileSync(env.GRAPH_MAILER_CALLERS_FILE, callers);
+  }
+  const child = spawn(BINARY, [], { env, stdio: 'ignore' });
   const deadline = Date.now() + 20000;
   while (Date.now() < deadline) {
     try {
@@ -125,5 +127,33 @@ test('UNAVAILABLE is retried until the service is up', async () => {
   } finally {
     late.close();
     await stopServer(await starting);
+  }
+});
+
+test('with a callers file the key names the caller, who sends only as its mailbox', async () => {
+  const key = 'gm_node-example-key-0000000000000000000000000';
+  const digest = require('node:crypto').createHash('sha256').update(key).digest('hex');
+  const port = await freePort();
+  const guarded = await startServer(
+    port,
+    `[[caller]]\nname = "billing"\nkey_sha256 = "${digest}"\nrole = "sender"\nmailboxes = ["billing@contoso.com"]\n`,
+  );
+  const anonymous = gm.client(`127.0.0.1:${port}`);
+  const keyed = gm.client(`127.0.0.1:${port}`, { key });
+  try {
+    await assert.rejects(
+      gm.sendMail(anonymous, gm.invoiceMail('billing@contoso.com', 'x@example.com', Buffer.from('1'), 'k-0')),
+      (error) => error instanceof gm.NotAllowed && /authorization/.test(error.message),
+    );
+    const sent = await gm.sendMail(keyed, gm.invoiceMail('billing@contoso.com', 'x@example.com', Buffer.from('1'), 'k-1'));
+    assert.ok(sent.message_id);
+    await assert.rejects(
+      gm.sendMail(keyed, gm.invoiceMail('ceo@contoso.com', 'x@example.com', Buffer.from('1'), 'k-2')),
+      (error) => error instanceof gm.NotAllowed && /caller billing may not send as ceo@contoso.com/.test(error.message),
+    );
+  } finally {
+    anonymous.close();
+    keyed.close();
+    await stopServer(guarded);
   }
 });

@@ -23,9 +23,47 @@ class SetupRequired(Exception):
     """FAILED_PRECONDITION: an operator must act (connect the mailbox, add a permission)."""
 
 
-def stub(address):
-    """A Mailer stub on a plaintext channel (use TLS between hosts)."""
-    channel = grpc.insecure_channel(address)
+class NotAllowed(Exception):
+    """UNAUTHENTICATED or PERMISSION_DENIED: the key is missing or wrong, or this caller may not
+    do this (send as that mailbox, Connect). Retrying cannot help; fix the key or the callers
+    file."""
+
+
+class _CallerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call on a plaintext channel."""
+
+    def __init__(self, key):
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        metadata = list(details.metadata or []) + [self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+
+def stub(address, key=None, root_certificates=None):
+    """A Mailer stub presenting the caller key `key` (from the operator's `graph-mailer new-key`).
+
+    With `root_certificates` (PEM bytes of the CA that signed the service's certificate) the
+    channel is TLS and the key travels as gRPC call credentials; without, the channel is
+    plaintext (only between processes on one host, or inside a mesh that encrypts).
+    """
+    if root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if key:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(key)
+            )
+        channel = grpc.secure_channel(address, credentials)
+    else:
+        channel = grpc.insecure_channel(address)
+        if key:
+            channel = grpc.intercept_channel(channel, _CallerKey(key))
     return mailer_pb2_grpc.MailerStub(channel)
 
 
@@ -55,6 +93,8 @@ def send_mail(mailer, request, attempts=5, timeout=60):
             code = error.code()
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise SetupRequired(error.details()) from error
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise NotAllowed(error.details()) from error
             retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
             if not retryable or attempt == attempts:
                 raise

@@ -3,6 +3,7 @@
 import email
 import email.policy
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -29,11 +30,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, grpc_port=None):
+    def __init__(self, grpc_port=None, callers=None):
         self.data = tempfile.TemporaryDirectory()
         self.grpc_port = grpc_port or free_port()
         self.http_port = free_port()
         self.process = None
+        self.callers = callers
 
     def start(self):
         env = {
@@ -43,6 +45,11 @@ class Server:
             "GRAPH_MAILER_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
             "RUST_LOG": "warn",
         }
+        if self.callers is not None:
+            path = os.path.join(self.data.name, "callers.toml")
+            with open(path, "w") as f:
+                f.write(self.callers)
+            env["GRAPH_MAILER_CALLERS_FILE"] = path
         self.process = subprocess.Popen([BINARY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -118,6 +125,37 @@ class ClientTest(unittest.TestCase):
             gm.send_mail(self.mailer, bad)
         self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertTrue(raised.exception.details().startswith("to[0].address:"))
+
+
+KEY = "gm_python-example-key-00000000000000000000000"
+
+
+class CallerKeyTest(unittest.TestCase):
+    """A service with a callers file: the key names the caller, who sends only as its mailbox."""
+
+    @classmethod
+    def setUpClass(cls):
+        digest = hashlib.sha256(KEY.encode()).hexdigest()
+        cls.server = Server(callers=(
+            f'[[caller]]\nname = "billing"\nkey_sha256 = "{digest}"\nrole = "sender"\n'
+            f'mailboxes = ["billing@contoso.com"]\n'
+        )).start()
+        cls.address = f"127.0.0.1:{cls.server.grpc_port}"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def test_the_key_is_required_and_names_the_caller(self):
+        with self.assertRaises(gm.NotAllowed) as raised:
+            gm.send_mail(gm.stub(self.address), gm.invoice_mail("billing@contoso.com", "x@example.com", b"1", "k-0"))
+        self.assertIn("authorization", str(raised.exception))
+        mailer = gm.stub(self.address, key=KEY)
+        sent = gm.send_mail(mailer, gm.invoice_mail("billing@contoso.com", "x@example.com", b"1", "k-1"))
+        self.assertTrue(sent.message_id)
+        with self.assertRaises(gm.NotAllowed) as raised:
+            gm.send_mail(mailer, gm.invoice_mail("ceo@contoso.com", "x@example.com", b"1", "k-2"))
+        self.assertIn("caller billing may not send as ceo@contoso.com", str(raised.exception))
 
 
 class RetryTest(unittest.TestCase):

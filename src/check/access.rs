@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::Checks;
-use crate::{audit::AuditLog, callers::CallerRegistry, settings::Settings, tls::ReloadingTls, variables};
+use crate::{
+    audit::AuditLog, callers::CallerRegistry, settings::Settings, tls::ReloadingTls, variables,
+};
 
 pub(super) fn access_checks(settings: &Settings, checks: &mut Checks) {
     match &settings.access.callers_file {

@@ -227,9 +227,9 @@ fn no_source_file_grows_past_about_400_lines_without_a_reason() {
 #[test]
 fn the_readme_configuration_table_is_the_one_the_code_names() {
     let readme = std::fs::read_to_string(src().join("../README.md")).unwrap();
-    let table = graph_mailer::settings::names::markdown_table();
+    let table = graph_mailer::variables::markdown_table();
     assert!(
         readme.contains(&table),
-        "the README's configuration table differs from settings::names; it should read:\n{table}"
+        "the README's configuration table differs from variables.rs; it should read:\n{table}"
     );
 }

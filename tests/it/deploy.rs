@@ -58,7 +58,7 @@ fn check_deployment(deployment: &Value, file: &str) {
         .map(|p| p["containerPort"].as_u64().unwrap())
         .collect();
     assert_eq!(
-        container_ports,
+        container_ports[..2],
         [grpc, http],
         "{file}: ports match the defaults"
     );
@@ -69,10 +69,33 @@ fn check_deployment(deployment: &Value, file: &str) {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     check_env_names(env.iter().copied(), file);
+    let env_value = |name: &str| {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    // With TLS, probes use the plaintext health listener: Kubernetes' gRPC probes cannot speak
+    // TLS.
+    let probe_port = match env_value("GRAPH_MAILER_TLS_CERT_FILE") {
+        Some(_) => {
+            let health = env_value("GRAPH_MAILER_HEALTH_ADDR").expect("a health listener");
+            let port = default_port(&health);
+            assert!(
+                container_ports.contains(&port),
+                "{file}: the health port is declared"
+            );
+            port
+        }
+        None => grpc,
+    };
     let readiness = &container["readinessProbe"]["grpc"];
     assert_eq!(
         readiness["port"].as_u64(),
-        Some(grpc),
+        Some(probe_port),
         "{file}: native gRPC readiness probe"
     );
     assert_eq!(
@@ -82,8 +105,36 @@ fn check_deployment(deployment: &Value, file: &str) {
     );
     assert_eq!(
         container["livenessProbe"]["grpc"]["port"].as_u64(),
-        Some(grpc),
+        Some(probe_port),
         "{file}: native gRPC liveness probe"
+    );
+    // Graph mode needs callers, from a file the Secret volume provides.
+    let callers_file = env_value("GRAPH_MAILER_CALLERS_FILE").expect("a callers file");
+    let secret_volume_files: Vec<String> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|v| v["secret"].is_mapping())
+        .flat_map(|v| {
+            let mount = container["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == v["name"])
+                .and_then(|m| m["mountPath"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            v["secret"]["items"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(move |item| format!("{mount}/{}", item["path"].as_str().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        secret_volume_files.contains(&callers_file),
+        "{file}: {callers_file} comes from a Secret ({secret_volume_files:?})"
     );
     assert_eq!(
         container["securityContext"]["readOnlyRootFilesystem"],
@@ -175,7 +226,12 @@ fn the_kubernetes_deployments_match_the_code() {
     let sqlite = documents("deploy/kubernetes/single-replica-sqlite.yaml");
     assert!(sqlite.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
     let secret = &documents("deploy/kubernetes/secret.yaml")[0];
-    for key in ["client-secret", "encryption-key", "database-url"] {
+    for key in [
+        "client-secret",
+        "callers.toml",
+        "encryption-key",
+        "database-url",
+    ] {
         assert!(
             secret["stringData"][key].is_string(),
             "secret.yaml has {key}"

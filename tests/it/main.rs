@@ -5,11 +5,16 @@ mod support;
 
 mod api;
 mod architecture;
+mod callers;
 mod clients;
 mod connect;
 mod deploy;
+mod hardening;
 mod idempotency;
 mod operations;
+mod postgres_tls;
 mod process;
+mod properties;
 mod refresh;
 mod send;
+mod tls;

@@ -1,121 +1,17 @@
 //! The binary as operators run it: SIGTERM, JSON logs, `healthcheck`, `check`.
 
-use std::{
-    io::Read,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use graph_mailer::proto::{self, mailer_client::MailerClient};
 
 use crate::support::{
-    MAILBOX, Microsoft, browse, fake_graph::Scripted, fake_identity::CLIENT_SECRET, sign_in_link,
-    simple_message,
+    MAILBOX, Microsoft,
+    binary::{BINARY, Service},
+    browse,
+    fake_graph::Scripted,
+    fake_identity::CLIENT_SECRET,
+    sign_in_link, simple_message,
 };
-
-const BINARY: &str = env!("CARGO_BIN_EXE_graph-mailer");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Service {
-    child: Child,
-    grpc_port: u16,
-    http_port: u16,
-    _data: tempfile::TempDir,
-}
-
-impl Service {
-    fn spawn(env: &[(&str, String)]) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let mut command = Command::new(BINARY);
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("GRAPH_MAILER_DATA_DIR", data.path())
-            .env("GRAPH_MAILER_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-            .env("GRAPH_MAILER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env(
-                "GRAPH_MAILER_PUBLIC_URL",
-                format!("http://127.0.0.1:{http_port}"),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(format!("GRAPH_MAILER_{name}"), value);
-        }
-        Self {
-            child: command.spawn().unwrap(),
-            grpc_port,
-            http_port,
-            _data: data,
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(response) =
-                reqwest::get(format!("http://127.0.0.1:{}/readyz", self.http_port)).await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service did not become ready");
-    }
-
-    async fn client(&self) -> MailerClient<tonic::transport::Channel> {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        MailerClient::new(channel)
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for exit; returns the exit code and everything written to stdout and stderr.
-    fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the service did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut output = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut output)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut output)
-            .unwrap();
-        (status.code(), output)
-    }
-}
 
 fn graph_env(ms: &Microsoft) -> Vec<(&'static str, String)> {
     let mut env = ms.env();

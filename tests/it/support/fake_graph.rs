@@ -606,7 +606,7 @@ fn parse_mime(body: &[u8], crid: &str) -> Result<Delivered, Response> {
                 &content_type,
                 content_id,
                 inline,
-                a.contents(),
+                &attachment_bytes(&raw, a),
             )
         })
         .collect();
@@ -1063,4 +1063,26 @@ async fn delete_draft(
             &crid,
         ),
     })
+}
+
+/// An attachment's bytes as they travel: the part's raw body decoded from base64, or the
+/// parser's contents for other encodings. (A MIME parser reads a text/* part as text, in a
+/// charset nobody declared; the bytes on the wire are what a recipient saves.)
+pub fn attachment_bytes(raw: &[u8], part: &mail_parser::MessagePart<'_>) -> Vec<u8> {
+    use base64::Engine;
+    use mail_parser::MimeHeaders;
+    let base64 = part
+        .content_transfer_encoding()
+        .is_some_and(|e| e.eq_ignore_ascii_case("base64"));
+    if !base64 {
+        return part.contents().to_vec();
+    }
+    let body: Vec<u8> = raw[part.raw_body_offset() as usize..part.raw_end_offset() as usize]
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(&body)
+        .unwrap_or_else(|_| part.contents().to_vec())
 }

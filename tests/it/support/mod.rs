@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod certs;
 pub mod fake_graph;
 pub mod fake_identity;
 pub mod postgres;
@@ -383,3 +385,5 @@ pub async fn connected_app(microsoft: &Microsoft, builder: AppBuilder) -> TestAp
     assert_eq!(status, 200, "{page}");
     app
 }
+
+pub use fake_graph::attachment_bytes;
