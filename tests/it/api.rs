@@ -472,3 +472,24 @@ async fn connect_in_the_sandbox_says_what_to_configure() {
         status.message()
     );
 }
+
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    use tonic_reflection::pb::v1;
+    let app = TestApp::builder().env("REFLECTION", "false").start().await;
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel().await);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let status = match client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), Code::Unimplemented);
+}

@@ -373,3 +373,49 @@ async fn a_callback_may_land_on_another_replica() {
         proto::ConnectionState::Connected as i32
     );
 }
+
+#[tokio::test]
+async fn sign_in_links_are_capped_per_mailbox_and_their_mailbox_shows_pending() {
+    let ms = Microsoft::start().await;
+    let app = TestApp::builder().microsoft(&ms).start().await;
+    let mut links = Vec::new();
+    for _ in 0..4 {
+        links.push(app.authorize_redirect(MAILBOX).await);
+    }
+    // A link makes no mailbox row, yet Status shows the mailbox as pending.
+    assert_eq!(
+        app.mailbox_status(MAILBOX).await.state,
+        proto::ConnectionState::Pending as i32
+    );
+    // Three links per mailbox: the fourth replaced the first.
+    let (first, page) = browse(&links[0]).await;
+    assert_eq!(first, 400, "{page}");
+    assert!(page.contains("unknown or was already used"), "{page}");
+    let (last, page) = browse(&links[3]).await;
+    assert_eq!(last, 200, "{page}");
+}
+
+#[tokio::test]
+async fn the_store_refuses_sign_in_links_beyond_its_total() {
+    use graph_mailer::store::{LinkLimits, PendingAuthorization, Stored};
+    let app = TestApp::sandbox().await;
+    let now = chrono::Utc::now();
+    let limits = LinkLimits {
+        per_mailbox: 3,
+        total: 5,
+    };
+    let mut outcomes = Vec::new();
+    for i in 0..7 {
+        let pending = PendingAuthorization {
+            state_hash: format!("state-{i}"),
+            mailbox: Mailbox::parse("mailbox", &format!("user{i}@contoso.com")).unwrap(),
+            pkce_verifier: secrecy::SecretString::from("verifier".to_owned()),
+            created_at: now,
+            expires_at: now + chrono::Duration::minutes(10),
+            requested_by: Some("ops".into()),
+        };
+        outcomes.push(app.store.insert_pending(&pending, limits).await.unwrap());
+    }
+    assert_eq!(outcomes[..5], [Stored::Yes; 5]);
+    assert_eq!(outcomes[5], Stored::Full { outstanding: 5 });
+}

@@ -276,3 +276,28 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn metrics_can_move_off_the_public_listener() {
+    let metrics_port = free_port();
+    let service = Service::spawn(&[("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))]);
+    service.wait_ready().await;
+    let own = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(
+        own.text()
+            .await
+            .unwrap()
+            .contains("graph_mailer_build_info")
+    );
+    let public = reqwest::get(format!("http://127.0.0.1:{}/metrics", service.http_port))
+        .await
+        .unwrap();
+    assert_eq!(
+        public.status(),
+        404,
+        "the public listener no longer serves /metrics"
+    );
+}
