@@ -10,7 +10,7 @@
 
 // The same fakes the black-box tests use.
 #[allow(dead_code)]
-#[path = "../tests/it/support/fake_graph.rs"]
+#[path = "../tests/it/support/fake_graph/mod.rs"]
 mod fake_graph;
 #[allow(dead_code)]
 #[path = "../tests/it/support/fake_identity.rs"]

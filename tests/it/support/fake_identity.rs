@@ -5,7 +5,13 @@
 //! moment it is used (Microsoft keeps it valid, but a service that keeps using the first refresh
 //! token breaks after 90 days), codes are single use and bound to their PKCE challenge, redirect
 //! URIs must match exactly. Error bodies have Microsoft's exact shape. Faults can be switched on
-//! to reproduce revoked grants, MFA, bad secrets and outages.
+//! to reproduce revoked grants, MFA, Conditional Access, bad secrets and outages.
+//!
+//! As Microsoft does, it issues tokens only for the Graph resource it serves (a national cloud
+//! refuses the global one, AADSTS500011), refuses a refresh that asks for more than the
+//! original consent (AADSTS65001: "equivalent to or a subset of", auth-code flow page), and
+//! knows users whose user principal name differs from their primary SMTP address and who have
+//! aliases (`proxyAddresses`).
 
 use std::{
     collections::HashMap,
@@ -30,13 +36,65 @@ pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
 pub const CLIENT_SECRET: &str = "fake~Secret.Value_0123456789abcdefghij";
 
-/// Access tokens issued, shared with the fake Graph so it can check bearer tokens.
+/// A user of the tenant: its object id, its sign-in name, its primary SMTP address and its
+/// aliases, as `GET /me?$select=id,mail,userPrincipalName,proxyAddresses` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub oid: String,
+    pub upn: String,
+    pub mail: String,
+    /// `SMTP:` for the primary address, `smtp:` for aliases.
+    pub proxy_addresses: Vec<String>,
+}
+
+impl User {
+    /// A user whose sign-in name and address are the same (the usual test user).
+    pub fn simple(address: &str) -> Self {
+        Self {
+            oid: format!("{:x}", Sha256::digest(address.to_lowercase().as_bytes()))[..32]
+                .to_owned(),
+            upn: address.to_owned(),
+            mail: address.to_owned(),
+            proxy_addresses: vec![format!("SMTP:{address}")],
+        }
+    }
+
+    /// Every address mail may come from: the primary and the aliases.
+    pub fn smtp_addresses(&self) -> Vec<String> {
+        let mut addresses = vec![self.mail.to_lowercase()];
+        for proxy in &self.proxy_addresses {
+            if let Some(address) = proxy
+                .strip_prefix("SMTP:")
+                .or_else(|| proxy.strip_prefix("smtp:"))
+            {
+                addresses.push(address.to_lowercase());
+            }
+        }
+        addresses
+    }
+
+    fn answers_to(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.upn.to_lowercase() == name || self.smtp_addresses().contains(&name)
+    }
+}
+
+/// Access tokens issued and the tenant's users, shared with the fake Graph so it can check
+/// bearer tokens and answer `/me`.
 #[derive(Clone, Default)]
-pub struct TokenRegistry(Arc<Mutex<HashMap<String, IssuedToken>>>);
+pub struct TokenRegistry(Arc<Mutex<Registry>>);
+
+#[derive(Default)]
+struct Registry {
+    tokens: HashMap<String, IssuedToken>,
+    users: Vec<User>,
+}
 
 #[derive(Clone, Debug)]
 pub struct IssuedToken {
+    /// The user's principal name.
     pub account: String,
+    pub user: User,
     pub scopes: Vec<String>,
     pub revoked: bool,
 }
@@ -46,18 +104,39 @@ impl TokenRegistry {
         self.0
             .lock()
             .unwrap()
+            .tokens
             .get(token)
             .cloned()
             .filter(|t| !t.revoked)
     }
     fn insert(&self, token: String, issued: IssuedToken) {
-        self.0.lock().unwrap().insert(token, issued);
+        self.0.lock().unwrap().tokens.insert(token, issued);
     }
     /// Makes every access token invalid (as if all expired): Graph answers 401.
     pub fn revoke_all(&self) {
-        for token in self.0.lock().unwrap().values_mut() {
+        for token in self.0.lock().unwrap().tokens.values_mut() {
             token.revoked = true;
         }
+    }
+    /// Adds a user to the tenant.
+    pub fn add_user(&self, user: User) {
+        self.0.lock().unwrap().users.push(user);
+    }
+    /// Removes the users who answer to `name` (an account deleted, its address free for
+    /// another).
+    pub fn remove_user(&self, name: &str) {
+        self.0.lock().unwrap().users.retain(|u| !u.answers_to(name));
+    }
+    /// The user who answers to `name` (UPN or any SMTP address); one is made up for a name
+    /// nobody answers to, with the name as UPN and address.
+    pub fn user(&self, name: &str) -> User {
+        let mut registry = self.0.lock().unwrap();
+        if let Some(user) = registry.users.iter().find(|u| u.answers_to(name)) {
+            return user.clone();
+        }
+        let user = User::simple(name);
+        registry.users.push(user.clone());
+        user
     }
 }
 
@@ -78,6 +157,11 @@ pub enum Fault {
     ExpiredSecret,
     /// temporarily_unavailable (HTTP 503).
     Unavailable,
+    /// invalid_grant AADSTS53003: blocked by Conditional Access (on every refresh, whoever
+    /// signs in again: only an administrator's policy change helps).
+    ConditionalAccess,
+    /// invalid_request AADSTS50196: the client is looping.
+    LoopDetected,
 }
 
 impl Fault {
@@ -128,8 +212,22 @@ impl Fault {
             Self::Unavailable => error(
                 503,
                 "temporarily_unavailable",
-                50196,
+                90055,
                 "The server is temporarily unavailable. Please try again later.",
+                None,
+            ),
+            Self::ConditionalAccess => error(
+                400,
+                "invalid_grant",
+                53003,
+                "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance.",
+                Some("message_only"),
+            ),
+            Self::LoopDetected => error(
+                400,
+                "invalid_request",
+                50196,
+                "The server terminated an operation because it encountered a client request loop.",
                 None,
             ),
         }
@@ -150,10 +248,14 @@ struct Settings {
     refresh_fault: Option<Fault>,
     refresh_faults_left: Option<usize>,
     refresh_latency: Duration,
+    /// The Graph resource tokens are issued for (the fake Graph's base URL).
+    graph_resource: String,
+    /// The id_token's `iss`: `{authority}/{tenant}/v2.0`.
+    issuer: String,
 }
 
 struct PendingCode {
-    account: String,
+    account: User,
     redirect_uri: String,
     scope: String,
     code_challenge: String,
@@ -161,9 +263,11 @@ struct PendingCode {
 }
 
 struct RefreshGrant {
-    account: String,
+    account: User,
     scope: String,
     revoked: bool,
+    /// Which sign-in (1, 2, …) the grant descends from.
+    sign_in: usize,
 }
 
 #[derive(Default)]
@@ -173,6 +277,8 @@ struct Inner {
     refresh_tokens: HashMap<String, RefreshGrant>,
     authorize_requests: Vec<HashMap<String, String>>,
     token_requests: Vec<(String, bool)>,
+    /// Codes redeemed so far.
+    sign_ins: usize,
 }
 
 /// The running fake.
@@ -214,8 +320,14 @@ impl FakeIdentity {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base_url = format!("http://{addr}");
+        {
+            let mut inner = inner.lock().unwrap();
+            inner.settings.issuer = format!("{base_url}/{TENANT}/v2.0");
+            inner.settings.graph_resource = "https://graph.microsoft.com".to_owned();
+        }
         Self {
-            base_url: format!("http://{addr}"),
+            base_url,
             tokens,
             inner,
         }
@@ -225,6 +337,26 @@ impl FakeIdentity {
         f(&mut self.inner.lock().unwrap())
     }
 
+    /// The Graph resource this identity platform serves, as Microsoft's clouds each serve their
+    /// own (`https://graph.microsoft.com`, `https://graph.microsoft.us`, …).
+    pub fn set_graph_resource(&self, resource: &str) {
+        self.with(|i| i.settings.graph_resource = resource.trim_end_matches('/').to_owned());
+    }
+    /// Adds a user to the tenant.
+    pub fn add_user(&self, user: User) {
+        self.tokens.add_user(user);
+    }
+    /// Replaces every user who answers to `user`'s addresses with `user` (a mailbox given to a
+    /// new account).
+    pub fn replace_user(&self, user: User) {
+        self.tokens.remove_user(&user.upn);
+        self.tokens.remove_user(&user.mail);
+        self.tokens.add_user(user);
+    }
+    /// The `iss` claim of id_tokens from now on (a token from elsewhere).
+    pub fn set_issuer(&self, issuer: &str) {
+        self.with(|i| i.settings.issuer = issuer.to_owned());
+    }
     /// Adds a redirect URI to the app registration.
     pub fn register_redirect_uri(&self, uri: &str) {
         self.with(|i| i.settings.redirect_uris.push(uri.to_owned()));
@@ -314,11 +446,23 @@ impl FakeIdentity {
     }
     /// Every access token ever issued.
     pub fn issued_access_tokens(&self) -> Vec<String> {
-        self.tokens.0.lock().unwrap().keys().cloned().collect()
+        self.tokens
+            .0
+            .lock()
+            .unwrap()
+            .tokens
+            .keys()
+            .cloned()
+            .collect()
     }
     /// Every authorization code ever issued.
     pub fn issued_codes(&self) -> Vec<String> {
         self.with(|i| i.codes.keys().cloned().collect())
+    }
+    /// Which sign-in (1 for the first code redeemed, 2 for the next …) a refresh token
+    /// descends from.
+    pub fn sign_in_of(&self, refresh_token: &str) -> Option<usize> {
+        self.with(|i| i.refresh_tokens.get(refresh_token).map(|g| g.sign_in))
     }
     /// Revokes every refresh grant (as an administrator would).
     pub fn revoke_refresh_tokens(&self) {
@@ -423,6 +567,9 @@ async fn authorize(
             None,
         );
     }
+    if let Some(refused) = foreign_resource(&inner.settings.graph_resource, &scope) {
+        return refused;
+    }
     let redirect = Url::parse(&get("redirect_uri")).unwrap();
     let mut target = redirect.clone();
     if inner.settings.decline_consent {
@@ -436,11 +583,12 @@ async fn authorize(
             .append_pair("state", &get("state"));
         return Redirect::to(target.as_str()).into_response();
     }
-    let account = inner
+    let name = inner
         .settings
         .sign_in_as
         .clone()
         .unwrap_or_else(|| get("login_hint"));
+    let account = state.tokens.user(&name);
     let code = format!("code-{}", uuid::Uuid::new_v4());
     inner.codes.insert(
         code.clone(),
@@ -548,7 +696,9 @@ fn token_inner(
                 );
             }
             let (account, scope) = (pending.account.clone(), pending.scope.clone());
-            issue(&mut inner, &state.tokens, &account, &scope)
+            inner.sign_ins += 1;
+            let sign_in = inner.sign_ins;
+            issue(&mut inner, &state.tokens, &account, &scope, &scope, sign_in)
         }
         "refresh_token" => {
             if let Some(fault) = inner.settings.refresh_fault {
@@ -568,10 +718,38 @@ fn token_inner(
             if grant.revoked {
                 return Fault::ExpiredGrant.response();
             }
+            // "The scopes requested in this leg must be equivalent to or a subset of the scopes
+            // requested in the original authorization_code request leg."
+            let requested = get("scope");
+            if requested.trim().is_empty() {
+                return error(
+                    400,
+                    "invalid_request",
+                    900144,
+                    "The request body must contain the following parameter: 'scope'.",
+                    None,
+                );
+            }
+            let consented: Vec<String> = grant.scope.split(' ').map(|s| s.to_lowercase()).collect();
+            if requested
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .any(|s| !consented.contains(&s.to_lowercase()))
+            {
+                return Fault::ConsentRequired.response();
+            }
             // Stricter than Microsoft: the used refresh token stops working.
             grant.revoked = true;
-            let (account, scope) = (grant.account.clone(), grant.scope.clone());
-            issue(&mut inner, &state.tokens, &account, &scope)
+            let (account, consent, sign_in) =
+                (grant.account.clone(), grant.scope.clone(), grant.sign_in);
+            issue(
+                &mut inner,
+                &state.tokens,
+                &account,
+                &requested,
+                &consent,
+                sign_in,
+            )
         }
         other => error(
             400,
@@ -583,18 +761,23 @@ fn token_inner(
     }
 }
 
+/// Issues tokens for `requested_scope`; the refresh token remembers `consent`, what the user
+/// consented to (a later refresh may ask for that, or less).
 fn issue(
     inner: &mut Inner,
     tokens: &TokenRegistry,
-    account: &str,
+    account: &User,
     requested_scope: &str,
+    consent: &str,
+    sign_in: usize,
 ) -> Response {
     let settings = &inner.settings;
+    let resource = format!("{}/", settings.graph_resource);
     let granted = settings.granted_scopes.clone().unwrap_or_else(|| {
         requested_scope
             .split(' ')
             .filter(|s| {
-                s.starts_with("https://graph.microsoft.com/")
+                s.starts_with(&resource)
                     || *s == "offline_access"
                     || *s == "openid"
                     || *s == "profile"
@@ -606,15 +789,13 @@ fn issue(
     let access_token = format!("at-{}", uuid::Uuid::new_v4());
     let graph_scopes = granted
         .split(' ')
-        .map(|s| {
-            s.trim_start_matches("https://graph.microsoft.com/")
-                .to_owned()
-        })
+        .map(|s| s.trim_start_matches(&resource).to_owned())
         .collect();
     tokens.insert(
         access_token.clone(),
         IssuedToken {
-            account: account.to_owned(),
+            account: account.upn.clone(),
+            user: account.clone(),
             scopes: graph_scopes,
             revoked: false,
         },
@@ -628,7 +809,7 @@ fn issue(
         "access_token": access_token,
     });
     if !settings.omit_id_token && requested_scope.split(' ').any(|s| s == "openid") {
-        body["id_token"] = json!(id_token(account));
+        body["id_token"] = json!(id_token_of(account, CLIENT_ID, TENANT, &settings.issuer));
     }
     let with_refresh =
         !settings.omit_refresh_token && granted.split(' ').any(|s| s == "offline_access");
@@ -637,9 +818,10 @@ fn issue(
         inner.refresh_tokens.insert(
             refresh_token.clone(),
             RefreshGrant {
-                account: account.to_owned(),
-                scope: requested_scope.to_owned(),
+                account: account.clone(),
+                scope: consent.to_owned(),
                 revoked: false,
+                sign_in,
             },
         );
         body["refresh_token"] = json!(refresh_token);
@@ -647,30 +829,49 @@ fn issue(
     (StatusCode::OK, Json(body)).into_response()
 }
 
+/// A Graph scope for another cloud's resource: Microsoft has no such resource here.
+fn foreign_resource(graph_resource: &str, scope: &str) -> Option<Response> {
+    let foreign = scope
+        .split(' ')
+        .find(|s| s.contains("://") && !s.starts_with(&format!("{graph_resource}/")))?;
+    let resource = foreign.rsplit_once('/').map(|(r, _)| r).unwrap_or(foreign);
+    Some(error(
+        400,
+        "invalid_resource",
+        500011,
+        &format!(
+            "The resource principal named {resource} was not found in the tenant named {TENANT}."
+        ),
+        None,
+    ))
+}
+
 /// An unsigned id_token (the service need not verify signatures of tokens it received directly
-/// from the token endpoint).
+/// from the token endpoint) for any audience, tenant and issuer.
 pub fn id_token_for(account: &str, aud: &str, tid: &str) -> String {
+    let issuer = format!("https://login.microsoftonline.com/{tid}/v2.0");
+    id_token_of(&User::simple(account), aud, tid, &issuer)
+}
+
+fn id_token_of(user: &User, aud: &str, tid: &str, issuer: &str) -> String {
     let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"none"}"#);
     let claims = json!({
         "aud": aud,
-        "iss": format!("https://login.microsoftonline.com/{tid}/v2.0"),
+        "iss": issuer,
         "iat": chrono::Utc::now().timestamp(),
         "exp": chrono::Utc::now().timestamp() + 3600,
         "tid": tid,
-        "oid": format!("{:x}", Sha256::digest(account.to_lowercase().as_bytes()))[..32].to_owned(),
-        "preferred_username": account,
-        "email": account,
-        "name": account.split('@').next().unwrap_or_default(),
+        "oid": user.oid,
+        // Mutable and not for authorisation (ID token claims reference): the sign-in name.
+        "preferred_username": user.upn,
+        "email": user.mail,
+        "name": user.upn.split('@').next().unwrap_or_default(),
         "ver": "2.0",
     });
     format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
-fn id_token(account: &str) -> String {
-    id_token_for(account, CLIENT_ID, TENANT)
-}
-
-async fn discovery(Path(tenant): Path<String>, State(_): State<AppState>) -> Response {
+async fn discovery(Path(tenant): Path<String>, State(state): State<AppState>) -> Response {
     if tenant != TENANT && tenant != "contoso.onmicrosoft.com" {
         return error(
             400,
@@ -683,7 +884,7 @@ async fn discovery(Path(tenant): Path<String>, State(_): State<AppState>) -> Res
         );
     }
     let value: Value = json!({
-        "issuer": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+        "issuer": state.inner.lock().unwrap().settings.issuer.clone(),
         "authorization_endpoint": format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/authorize"),
         "token_endpoint": format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"),
         "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],

@@ -48,10 +48,11 @@ pub struct Microsoft {
 impl Microsoft {
     pub async fn start() -> Self {
         let tokens = TokenRegistry::default();
-        Self {
-            identity: FakeIdentity::start(tokens.clone()).await,
-            graph: FakeGraph::start(tokens).await,
-        }
+        let identity = FakeIdentity::start(tokens.clone()).await;
+        let graph = FakeGraph::start(tokens).await;
+        // Tokens are for this Graph, as each Microsoft cloud issues them for its own.
+        identity.set_graph_resource(&graph.base_url);
+        Self { identity, graph }
     }
 
     /// The settings that point a service at these fakes (names without `GRAPH_MAILER_`).
