@@ -70,6 +70,10 @@ fn describe() {
         "Retry-After asked for by Graph on 429 and 503 answers"
     );
     describe_counter!(
+        "graph_mailer_ambiguous_sends_total",
+        "Sends Graph answered ambiguously, by what looking in Sent Items found (sent, not_found, not_looked_up)"
+    );
+    describe_counter!(
         "graph_mailer_token_refreshes_total",
         "Access token refreshes by outcome"
     );
@@ -123,6 +127,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         gauge!("graph_mailer_sends_in_flight").decrement(1.0);
     }
+}
+
+/// A send Graph answered ambiguously, and what Sent Items said.
+pub fn ambiguous_send(outcome: &'static str) {
+    counter!("graph_mailer_ambiguous_sends_total", "outcome" => outcome).increment(1);
 }
 
 /// Graph answered (status 0: no answer).

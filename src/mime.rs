@@ -43,6 +43,12 @@ pub enum AttachmentSelection {
     None,
 }
 
+/// The `Message-ID` (without angle brackets) of the service's message `message_id` sent from
+/// `from`: `id@sender's domain`.
+pub fn message_id_for(message_id: &str, from: &Mailbox) -> String {
+    format!("{message_id}@{}", from.domain())
+}
+
 /// Builds the RFC 5322 message.
 pub fn build(
     message: &OutgoingMessage,
@@ -51,10 +57,9 @@ pub fn build(
 ) -> Vec<u8> {
     let mut builder = MessageBuilder::new()
         .from(Address::new_address(None::<&str>, envelope.from.as_str()))
-        .message_id(MessageId::new(format!(
-            "{}@{}",
+        .message_id(MessageId::new(message_id_for(
             envelope.message_id,
-            envelope.from.domain()
+            envelope.from,
         )))
         .date(Date::new(envelope.date.timestamp()))
         .subject(Text::new(message.subject()));

@@ -86,6 +86,8 @@ variables! {
     RETRY_BUDGET_SECONDS, "`60`", "total time a send may spend retrying";
     MAILBOX_CONCURRENCY, "`4`", "Graph requests in flight per mailbox";
     CONCURRENCY_WAIT_SECONDS, "`30`", "how long a send waits for one of those places";
+    RECONCILE_SECONDS, "`30`", "after an ambiguous answer to a send, how long the service looks for the message in Sent Items (needs `Mail.ReadBasic`, `Mail.Read` or `Mail.ReadWrite`) before answering that the outcome is unknown";
+    SENDING_BLOCKED_PAUSE_SECONDS, "`3600`", "how long a mailbox's sends are held back after Exchange stopped it sending (`ErrorExceededMessageLimit`, `ErrorMessageSubmissionBlocked`)";
     SHUTDOWN_DRAIN_SECONDS, "`30`", "how long in-flight calls may finish after SIGTERM";
     HEALTH_INTERVAL_SECONDS, "`5`", "how often the store is pinged for readiness";
     CONFIG, "–", "the TOML file (same as `--config`)";

@@ -12,7 +12,7 @@ use crate::{
     oauth::{ClientSecretProvider, IdentityClient, SecretExpiry},
     settings::{AzureSettings, ClientSecretSource, Settings, azure::is_guid},
     startup::Microsoft,
-    store::{ConnectionState, Store},
+    store::{ConnectionState, MailboxRecord, Store},
     variables,
 };
 
@@ -138,10 +138,6 @@ pub(super) async fn mailbox_checks(
         );
         return;
     }
-    let mut required = vec!["Mail.Send", "offline_access"];
-    if azure.scopes.includes("Mail.ReadWrite") {
-        required.push("Mail.ReadWrite");
-    }
     for record in records {
         let name = |what: &str| format!("{}: {what}", record.mailbox);
         match record.state {
@@ -169,22 +165,23 @@ pub(super) async fn mailbox_checks(
                 continue;
             }
         }
-        let missing: Vec<&str> = required
-            .iter()
-            .copied()
-            .filter(|scope| !record.scopes.iter().any(|s| s.eq_ignore_ascii_case(scope)))
-            .collect();
-        if missing.is_empty() {
-            checks.pass(
-                name("permissions"),
-                format!("granted {}", record.scopes.join(" ")),
-            );
-        } else {
-            checks.fail(
-                name("permissions"),
-                format!("missing {}", missing.join(", ")),
-                format!("add the delegated permission(s) to the app registration, then call Connect with force_consent for {}", record.mailbox),
-            );
+        permission_check(azure, &record, checks);
+        match &record.sending_address {
+            Some(address) => checks.pass(
+                name("sending address"),
+                format!("mail goes out from {address}"),
+            ),
+            None => checks.warn(
+                name("sending address"),
+                format!(
+                    "unknown (connected before graph-mailer read it); mail goes out as {}",
+                    record.mailbox
+                ),
+                format!(
+                    "call Connect again for {} so graph-mailer reads the account's primary address",
+                    record.mailbox
+                ),
+            ),
         }
         match microsoft.tokens.refresh_now(&record.mailbox).await {
             Ok(_) => checks.pass(name("refresh token"), "Microsoft issued a new token"),
@@ -194,5 +191,37 @@ pub(super) async fn mailbox_checks(
                 "see the message; most need Connect again or a new client secret",
             ),
         }
+    }
+}
+
+/// Granted against configured permissions: without Mail.Send nothing is sent (a failure); a
+/// configured permission not granted is a warning, since everything else still works.
+fn permission_check(azure: &AzureSettings, record: &MailboxRecord, checks: &mut Checks) {
+    let name = format!("{}: permissions", record.mailbox);
+    let granted = record.scopes.join(" ");
+    let lacks = |scope: &str| !record.scopes.iter().any(|s| s.eq_ignore_ascii_case(scope));
+    let fix = format!(
+        "add the delegated permission(s) to the app registration, then call Connect with \
+         force_consent for {}",
+        record.mailbox
+    );
+    let essential: Vec<&str> = ["Mail.Send", "offline_access"]
+        .into_iter()
+        .filter(|scope| lacks(scope))
+        .collect();
+    if !essential.is_empty() {
+        checks.fail(name, format!("missing {}", essential.join(", ")), fix);
+        return;
+    }
+    let missing = azure.scopes.missing_from(&record.scopes);
+    if missing.is_empty() {
+        checks.pass(name, format!("granted {granted}"));
+    } else {
+        let what = missing
+            .iter()
+            .map(|scope| format!("configured {scope} is not granted"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        checks.warn(name, format!("{what} (granted {granted})"), fix);
     }
 }

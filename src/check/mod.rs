@@ -39,6 +39,9 @@ pub struct Options {
 pub enum Outcome {
     Pass,
     Fail,
+    /// Works, but not as configured (a permission the mailbox has not granted): shown, and
+    /// not counted as a failure.
+    Warn,
     /// Not applicable here (for example Microsoft checks in sandbox mode).
     Skip,
 }
@@ -68,6 +71,9 @@ impl Checks {
     }
     fn fail(&mut self, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
         self.push(name, Outcome::Fail, detail, Some(fix));
+    }
+    fn warn(&mut self, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(name, Outcome::Warn, detail, Some(fix));
     }
     fn skip(&mut self, name: impl Into<String>, detail: impl Into<String>) {
         self.push(name, Outcome::Skip, detail, None::<String>);
@@ -111,6 +117,7 @@ fn print_text(report: &Report) {
         let label = match check.outcome {
             Outcome::Pass => "PASS",
             Outcome::Fail => "FAIL",
+            Outcome::Warn => "WARN",
             Outcome::Skip => "SKIP",
         };
         println!("{label}  {:<32} {}", check.name, check.detail);

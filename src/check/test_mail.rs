@@ -90,6 +90,7 @@ pub(super) async fn send_test(
         },
         allowed_mailboxes: Vec::new(),
         audit: Arc::new(AuditLog::off()),
+        scopes: None,
     });
     let request = SendRequest {
         mailbox: from,

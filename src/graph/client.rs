@@ -58,6 +58,28 @@ struct UploadSession {
     upload_url: String,
 }
 
+/// A page of messages; only whether it is empty matters here.
+#[derive(Debug, Deserialize)]
+struct MessageList {
+    #[serde(default)]
+    value: Vec<serde_json::Value>,
+}
+
+/// The signed-in user as `GET /me` describes them.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedInUser {
+    /// The object id (the id_token's `oid`).
+    pub id: String,
+    /// The primary SMTP address; null for a user without a mailbox.
+    #[serde(default)]
+    pub mail: Option<String>,
+    pub user_principal_name: String,
+    /// `SMTP:` the primary address, `smtp:` the aliases (and other types such as `SIP:`).
+    #[serde(default)]
+    pub proxy_addresses: Vec<String>,
+}
+
 /// Calls `{graph}/v1.0/me/…` as the signed-in user.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
@@ -135,6 +157,66 @@ impl GraphClient {
             .await?;
         let draft: Draft = parse(response).await?;
         Ok(draft.id)
+    }
+
+    /// `POST /me/messages/{id}/attachments`: adds one small `fileAttachment` to a draft.
+    pub async fn add_attachment(
+        &self,
+        token: &SecretString,
+        draft_id: &str,
+        body: Bytes,
+        request_id: &str,
+    ) -> Result<(), GraphCallError> {
+        let path = format!("messages/{}/attachments", encode_segment(draft_id));
+        let request = self
+            .http
+            .post(self.url(&path))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.execute("addAttachment", authorized(request, token, request_id))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether Sent Items holds a message whose `internetMessageId` is `marker`
+    /// (`GET /me/mailFolders/sentitems/messages?$filter=internetMessageId eq '…'`; needs
+    /// `Mail.ReadBasic`, `Mail.Read` or `Mail.ReadWrite`).
+    pub async fn is_in_sent_items(
+        &self,
+        token: &SecretString,
+        marker: &str,
+        request_id: &str,
+    ) -> Result<bool, GraphCallError> {
+        let mut url = Url::parse(&self.url("mailFolders/sentitems/messages"))
+            .map_err(|e| GraphCallError::NotSent(e.to_string()))?;
+        // OData string literals double their single quotes.
+        let filter = format!("internetMessageId eq '{}'", marker.replace('\'', "''"));
+        url.query_pairs_mut()
+            .append_pair("$filter", &filter)
+            .append_pair("$select", "id")
+            .append_pair("$top", "1");
+        let request = self.http.get(url);
+        let response = self
+            .execute("findSentItem", authorized(request, token, request_id))
+            .await?;
+        let found: MessageList = parse(response).await?;
+        Ok(!found.value.is_empty())
+    }
+
+    /// `GET /me?$select=id,mail,userPrincipalName,proxyAddresses`: the signed-in user (needs
+    /// `User.Read`).
+    pub async fn me(&self, token: &SecretString) -> Result<SignedInUser, GraphCallError> {
+        let request = self
+            .http
+            .get(format!(
+                "{}/v1.0/me",
+                self.base.as_str().trim_end_matches('/')
+            ))
+            .query(&[("$select", "id,mail,userPrincipalName,proxyAddresses")]);
+        let response = self
+            .execute("me", request.bearer_auth(token.expose_secret()))
+            .await?;
+        parse(response).await
     }
 
     /// `POST /me/messages/{id}/attachments/createUploadSession`: returns the upload URL.

@@ -9,6 +9,10 @@ use crate::{
     transport::{RequestIds, SendError},
 };
 
+/// Exchange's codes for a mailbox it has stopped sending: over a sending limit, or restricted.
+const SENDING_BLOCKED_CODES: [&str; 2] =
+    ["ErrorExceededMessageLimit", "ErrorMessageSubmissionBlocked"];
+
 /// `{"error": {"code", "message", "innerError": {"request-id", "client-request-id", "date"}}}`
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct GraphErrorBody {
@@ -67,8 +71,33 @@ impl GraphFailure {
         }
     }
 
+    /// Whether Exchange has stopped the mailbox sending (whatever the status: a
+    /// `ErrorExceededMessageLimit` may come as a 429, and is no throttling to retry).
+    pub fn blocks_sending(&self) -> bool {
+        SENDING_BLOCKED_CODES.contains(&self.error.code.as_str())
+    }
+
+    /// Whether Outlook refused the request for the mailbox's concurrent requests (429
+    /// `ApplicationThrottled` "… MailboxConcurrency limit").
+    pub fn is_mailbox_concurrency(&self) -> bool {
+        self.status == 429 && self.error.message.contains("MailboxConcurrency")
+    }
+
     /// The Graph error table: what an answer that is not retried means for the send.
-    pub fn into_send_error(self, mailbox: &Mailbox) -> SendError {
+    /// `blocked_until` is how long a mailbox Exchange stopped sending is held back.
+    pub fn into_send_error(
+        self,
+        mailbox: &Mailbox,
+        blocked_until: chrono::DateTime<chrono::Utc>,
+    ) -> SendError {
+        if self.blocks_sending() {
+            return SendError::SendingBlocked {
+                mailbox: mailbox.clone(),
+                code: self.error.code,
+                message: self.error.message,
+                paused_until: blocked_until,
+            };
+        }
         let mailbox = mailbox.clone();
         let message = self.error.message.clone();
         match self.error.code.as_str() {
@@ -95,6 +124,7 @@ impl GraphFailure {
                 format!("Microsoft refused the custom headers: {message}"),
             )
             .into(),
+            _ if self.status == 401 => SendError::TokenRejected { mailbox },
             _ if self.status == 413 => ValidationError::new(
                 "message",
                 format!("Microsoft refused the request as too large ({})", self.ids()),
@@ -136,7 +166,7 @@ mod tests {
 
     fn meaning(status: u16, code: &str) -> SendError {
         let mailbox = Mailbox::parse("mailbox", "noreply@contoso.com").unwrap();
-        failure(status, code).into_send_error(&mailbox)
+        failure(status, code).into_send_error(&mailbox, chrono::Utc::now())
     }
 
     #[test]
@@ -168,6 +198,19 @@ mod tests {
             meaning(403, "ErrorSomethingElse"),
             SendError::Forbidden { .. }
         ));
+        assert!(matches!(
+            meaning(401, "InvalidAuthenticationToken"),
+            SendError::TokenRejected { .. }
+        ));
+        for (status, code) in [
+            (403, "ErrorMessageSubmissionBlocked"),
+            (429, "ErrorExceededMessageLimit"),
+        ] {
+            assert!(
+                matches!(meaning(status, code), SendError::SendingBlocked { .. }),
+                "{code}"
+            );
+        }
     }
 
     #[test]

@@ -8,17 +8,44 @@ use serde::{Serialize, Serializer};
 use crate::domain::{Attachment, Importance, OutgoingMessage, Recipient};
 
 /// The JSON body of `POST /me/sendMail`.
-pub fn json_send_mail(message: &OutgoingMessage, attachments: &[Attachment]) -> Bytes {
+pub fn json_send_mail(
+    message: &OutgoingMessage,
+    attachments: &[Attachment],
+    internet_message_id: &str,
+) -> Bytes {
+    let mut body = Vec::new();
+    write_send_mail(&mut body, message, attachments, internet_message_id);
+    Bytes::from(body)
+}
+
+/// Writes the JSON body of `POST /me/sendMail` (to a counter, to measure it).
+pub(super) fn write_send_mail(
+    writer: impl std::io::Write,
+    message: &OutgoingMessage,
+    attachments: &[Attachment],
+    internet_message_id: &str,
+) {
     let body = SendMailBody {
-        message: MessageResource::new(message, attachments),
+        message: MessageResource::new(message, attachments, internet_message_id),
         save_to_sent_items: (!message.save_to_sent_items()).then_some(false),
     };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    // Serialising these types into memory cannot fail: no map has non-string keys.
+    let _ = serde_json::to_writer(writer, &body);
 }
 
 /// The JSON body of `POST /me/messages` (a draft).
-pub fn json_draft(message: &OutgoingMessage, attachments: &[Attachment]) -> Bytes {
-    Bytes::from(serde_json::to_vec(&MessageResource::new(message, attachments)).unwrap_or_default())
+pub fn json_draft(
+    message: &OutgoingMessage,
+    attachments: &[Attachment],
+    internet_message_id: &str,
+) -> Bytes {
+    let resource = MessageResource::new(message, attachments, internet_message_id);
+    Bytes::from(serde_json::to_vec(&resource).unwrap_or_default())
+}
+
+/// The JSON body of `POST /me/messages/{id}/attachments`: one `fileAttachment`.
+pub fn json_file_attachment(attachment: &Attachment) -> Bytes {
+    Bytes::from(serde_json::to_vec(&FileAttachmentJson::new(attachment)).unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -48,10 +75,17 @@ struct MessageResource<'a> {
     internet_message_headers: Vec<HeaderJson<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     attachments: Vec<FileAttachmentJson<'a>>,
+    /// Settable when a message is created (message resource: "updatable only if isDraft is
+    /// true"); the marker the service finds the message by in Sent Items.
+    internet_message_id: &'a str,
 }
 
 impl<'a> MessageResource<'a> {
-    fn new(message: &'a OutgoingMessage, attachments: &'a [Attachment]) -> Self {
+    fn new(
+        message: &'a OutgoingMessage,
+        attachments: &'a [Attachment],
+        internet_message_id: &'a str,
+    ) -> Self {
         let recipients = |list: &'a [Recipient]| list.iter().map(RecipientJson::new).collect();
         let body = match (message.html_body(), message.text_body()) {
             (Some(html), _) => BodyJson {
@@ -80,6 +114,7 @@ impl<'a> MessageResource<'a> {
                 })
                 .collect(),
             attachments: attachments.iter().map(FileAttachmentJson::new).collect(),
+            internet_message_id,
         }
     }
 }

@@ -4,17 +4,22 @@
 //! - [`client`]: the one place that builds Graph URLs.
 //! - [`payload`]: the wire form chosen per message; `json` holds Graph's spellings.
 //! - [`error`]: Graph's error bodies and what each code means for a send.
-//! - [`transport`]: [`GraphTransport`], the retry policy, the 401 refresh and uploads.
-//! - `limiter`: Outlook's four concurrent requests per mailbox.
+//! - [`transport`]: [`GraphTransport`]: plans, drafts, attachments, and looking in Sent Items
+//!   after an ambiguous answer.
+//! - `policy`: one call's retries, the 401 refresh, and what a failure means.
+//! - [`limiter`]: Outlook's four concurrent requests per mailbox, across replicas.
 
 pub(crate) mod client;
+mod directory;
 pub(crate) mod error;
 mod json;
-mod limiter;
+pub mod limiter;
 pub mod payload;
+mod policy;
 pub(crate) mod transport;
 
-pub use client::{GraphCallError, GraphClient, is_retryable, parse_retry_after};
+pub use client::{GraphCallError, GraphClient, SignedInUser, is_retryable, parse_retry_after};
 pub use error::{GraphError, GraphErrorBody, GraphFailure};
+pub use limiter::MailboxLimiter;
 pub use payload::{Payload, Plan};
 pub use transport::GraphTransport;

@@ -3,24 +3,33 @@
 //! - **JSON** (`message` resource): the common case.
 //! - **MIME** (base64 of the RFC 5322 message, `Content-Type: text/plain`): when JSON cannot say
 //!   it: a text and an HTML body together, or more than five custom headers.
-//! - **Draft + upload sessions**: when attachments reach 3 MB or the request body would pass
-//!   Graph's ~4 MB limit. The draft carries the rest of the message in one of the two forms
-//!   above; large attachments are uploaded in chunks.
+//! - **Draft**: when attachments reach 3 MB or the request body would pass Graph's ~4 MB limit.
+//!   The draft carries the rest of the message in one of the two forms above; each attachment
+//!   then takes the way "Attach large files to Outlook messages" prescribes for its size: under
+//!   3 MB a `POST` on the draft's attachments, from 3 MB an upload session (Graph refuses
+//!   upload sessions for smaller files with `ErrorAttachmentSizeShouldNotBeLessThanMinimumSize`).
+//!
+//! Sizes are measured before anything is serialised, so each body is built once.
+
+use std::io;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-pub use super::json::{json_draft, json_send_mail};
+pub use super::json::{json_draft, json_file_attachment, json_send_mail};
 use crate::{
-    domain::{Attachment, Mailbox, OutgoingMessage},
+    domain::{Attachment, Mailbox, OutgoingMessage, ValidationError, human_bytes},
     mime::{self, AttachmentSelection, Envelope},
 };
 
 /// Graph's limit of custom headers in the JSON form.
 pub const MAX_JSON_HEADERS: usize = 5;
-/// Attachments from this total size on need a draft and upload sessions.
+/// Attachments from this total size on need a draft.
 pub const INLINE_ATTACHMENT_LIMIT: u64 = 3 * 1024 * 1024;
+/// Attachments under this size are posted to a draft whole; from it on, uploaded in a session
+/// (the documented 3 MB; a 3,000,000-byte file's post stays under the request limit).
+pub const SMALL_ATTACHMENT_LIMIT: usize = 3_000_000;
 /// Largest request body sent to Graph (Graph refuses bodies over about 4 MB).
 pub const MAX_REQUEST_BODY: usize = 4_000_000;
 /// Upload chunk size: a multiple of 320 KiB below 4 MiB, as Graph asks.
@@ -60,16 +69,35 @@ impl Payload {
     }
 }
 
+/// How one attachment reaches a draft.
+#[derive(Debug, Clone)]
+pub enum DraftAttachment {
+    /// `POST /me/messages/{id}/attachments` with this `fileAttachment` body.
+    Post { name: String, body: Bytes },
+    /// An upload session, in chunks.
+    Upload(Attachment),
+}
+
 /// How a message will be sent.
 #[derive(Debug, Clone)]
 pub enum Plan {
     /// One `POST /me/sendMail`.
     Direct(Payload),
-    /// A draft with `draft` as its body, `uploads` attached through upload sessions, then sent.
+    /// A draft with `draft` as its body, the attachments added one by one, then sent.
     Draft {
         draft: Payload,
-        uploads: Vec<Attachment>,
+        attachments: Vec<DraftAttachment>,
     },
+}
+
+impl Plan {
+    /// The form for logs: `json`, `mime`, `draft`.
+    pub fn form(&self) -> &'static str {
+        match self {
+            Self::Direct(payload) => payload.form(),
+            Self::Draft { .. } => "draft",
+        }
+    }
 }
 
 /// Whether JSON cannot express the message.
@@ -78,54 +106,137 @@ pub fn needs_mime(message: &OutgoingMessage) -> bool {
         || message.headers().len() > MAX_JSON_HEADERS
 }
 
-/// Chooses the form and builds the body.
+/// The marker Graph keeps with the message and can find it by in Sent Items: its
+/// `internetMessageId` (JSON) or `Message-ID` (MIME), `<message_id@sending domain>`.
+pub fn internet_message_id(message_id: &str, from: &Mailbox) -> String {
+    format!("<{}>", mime::message_id_for(message_id, from))
+}
+
+/// Chooses the form and builds the bodies, each once. Refuses what no form can send: a body
+/// too large for one Graph request, or `skip_sent_items` where Graph cannot honour it.
 pub fn plan(
     message: &OutgoingMessage,
     from: &Mailbox,
     message_id: &str,
     date: DateTime<Utc>,
-) -> Plan {
+) -> Result<Plan, ValidationError> {
     let mime = needs_mime(message);
+    if mime && !message.save_to_sent_items() {
+        return Err(ValidationError::new(
+            "skip_sent_items",
+            "cannot be honoured for a message sent in the MIME form (text and HTML bodies \
+             together, or more than five custom headers): Microsoft's MIME sendMail has no \
+             saveToSentItems and always keeps a copy; send one body and at most five headers, \
+             or leave skip_sent_items unset",
+        ));
+    }
+    let envelope = Envelope {
+        from,
+        message_id,
+        date,
+    };
     if message.attachment_bytes() < INLINE_ATTACHMENT_LIMIT {
-        let payload = if mime {
-            mime_payload(message, from, message_id, date, AttachmentSelection::All)
-        } else {
-            Payload::Json(json_send_mail(message, message.attachments()))
-        };
-        if payload.bytes().len() <= MAX_REQUEST_BODY {
-            return Plan::Direct(payload);
+        if mime {
+            let raw = mime::build(message, envelope, AttachmentSelection::All);
+            if base64_len(raw.len()) <= MAX_REQUEST_BODY {
+                return Ok(Plan::Direct(Payload::Mime(encode(&raw))));
+            }
+        } else if json_len(message, from, message_id) <= MAX_REQUEST_BODY {
+            return Ok(Plan::Direct(Payload::Json(json_send_mail(
+                message,
+                message.attachments(),
+                &internet_message_id(message_id, from),
+            ))));
         }
+    }
+    if !message.save_to_sent_items() {
+        return Err(ValidationError::new(
+            "skip_sent_items",
+            "cannot be honoured for a message with 3 MB or more of attachments: Microsoft sends \
+             those through a draft, which always keeps a copy in Sent Items",
+        ));
     }
     // Too large for one request: everything but the attachments goes into the draft.
     let draft = if mime {
-        mime_payload(message, from, message_id, date, AttachmentSelection::None)
+        Payload::Mime(encode(&mime::build(
+            message,
+            envelope,
+            AttachmentSelection::None,
+        )))
     } else {
-        Payload::Json(json_draft(message, &[]))
+        Payload::Json(json_draft(
+            message,
+            &[],
+            &internet_message_id(message_id, from),
+        ))
     };
-    Plan::Draft {
-        draft,
-        uploads: message.attachments().to_vec(),
+    if draft.bytes().len() > MAX_REQUEST_BODY {
+        return Err(body_too_large(message, draft.bytes().len()));
+    }
+    let attachments = message.attachments().iter().map(draft_attachment).collect();
+    Ok(Plan::Draft { draft, attachments })
+}
+
+/// The way an attachment reaches a draft, chosen by its size.
+fn draft_attachment(attachment: &Attachment) -> DraftAttachment {
+    if attachment.content.len() < SMALL_ATTACHMENT_LIMIT {
+        DraftAttachment::Post {
+            name: attachment.filename.clone(),
+            body: json_file_attachment(attachment),
+        }
+    } else {
+        DraftAttachment::Upload(attachment.clone())
     }
 }
 
-/// The MIME form: base64 of the RFC 5322 message.
-pub fn mime_payload(
-    message: &OutgoingMessage,
-    from: &Mailbox,
-    message_id: &str,
-    date: DateTime<Utc>,
-    attachments: AttachmentSelection,
-) -> Payload {
-    let raw = mime::build(
+fn body_too_large(message: &OutgoingMessage, request_bytes: usize) -> ValidationError {
+    let field = match (message.html_body(), message.text_body()) {
+        (Some(html), Some(text)) if text.len() > html.len() => "text_body",
+        (Some(_), _) => "html_body",
+        _ => "text_body",
+    };
+    ValidationError::new(
+        field,
+        format!(
+            "the message body needs a {} request, more than fits in one Microsoft Graph request \
+             (4 MB, the limit for the message without its attachments); shorten the body or \
+             send the content as an attachment",
+            human_bytes(request_bytes as u64)
+        ),
+    )
+}
+
+/// The JSON sendMail body's size, measured without building it.
+fn json_len(message: &OutgoingMessage, from: &Mailbox, message_id: &str) -> usize {
+    let mut counter = ByteCounter(0);
+    super::json::write_send_mail(
+        &mut counter,
         message,
-        Envelope {
-            from,
-            message_id,
-            date,
-        },
-        attachments,
+        message.attachments(),
+        &internet_message_id(message_id, from),
     );
-    Payload::Mime(Bytes::from(STANDARD.encode(raw)))
+    counter.0
+}
+
+/// Bytes written, nothing kept.
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn base64_len(raw: usize) -> usize {
+    raw.div_ceil(3) * 4
+}
+
+fn encode(raw: &[u8]) -> Bytes {
+    Bytes::from(STANDARD.encode(raw))
 }
 
 /// The body of `createUploadSession`.
@@ -155,6 +266,7 @@ mod tests {
             to: vec![Recipient::parse("to[0]", "bob@example.com", "Bob").unwrap()],
             subject: "Hi".into(),
             text_body: "Text".into(),
+            save_to_sent_items: true,
             ..Default::default()
         }
     }
@@ -182,7 +294,7 @@ mod tests {
             1 << 20,
         )
         .unwrap();
-        let json = json_of(plan(&message, &from(), "id", Utc::now()));
+        let json = json_of(plan(&message, &from(), "id", Utc::now()).unwrap());
         assert_eq!(json["message"]["body"]["contentType"], "Text");
         assert_eq!(
             json["message"]["toRecipients"][0]["emailAddress"]["address"],
@@ -206,7 +318,7 @@ mod tests {
             1 << 20,
         )
         .unwrap();
-        let json = json_of(plan(&message, &from(), "id", Utc::now()));
+        let json = json_of(plan(&message, &from(), "id", Utc::now()).unwrap());
         assert!(json.get("saveToSentItems").is_none());
     }
 
@@ -221,7 +333,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            plan(&both, &from(), "id", Utc::now()),
+            plan(&both, &from(), "id", Utc::now()).unwrap(),
             Plan::Direct(Payload::Mime(_))
         ));
         let headers = (0..6)
@@ -229,7 +341,7 @@ mod tests {
             .collect();
         let six = OutgoingMessage::new(MessageParts { headers, ..parts() }, 1 << 20).unwrap();
         assert!(matches!(
-            plan(&six, &from(), "id", Utc::now()),
+            plan(&six, &from(), "id", Utc::now()).unwrap(),
             Plan::Direct(Payload::Mime(_))
         ));
     }
@@ -252,14 +364,14 @@ mod tests {
             150 << 20,
         )
         .unwrap();
-        match plan(&message, &from(), "id", Utc::now()) {
+        match plan(&message, &from(), "id", Utc::now()).unwrap() {
             Plan::Draft {
                 draft: Payload::Json(body),
-                uploads,
+                attachments,
             } => {
                 let json: Value = serde_json::from_slice(&body).unwrap();
                 assert!(json.get("attachments").is_none());
-                assert_eq!(uploads.len(), 1);
+                assert!(matches!(attachments[..], [DraftAttachment::Upload(_)]));
             }
             other => panic!("expected a draft, got {other:?}"),
         }
@@ -283,11 +395,35 @@ mod tests {
             1 << 20,
         )
         .unwrap();
-        let json = json_of(plan(&message, &from(), "id", Utc::now()));
+        let json = json_of(plan(&message, &from(), "id", Utc::now()).unwrap());
         let attachment = &json["message"]["attachments"][0];
         assert_eq!(attachment["@odata.type"], "#microsoft.graph.fileAttachment");
         assert_eq!(attachment["contentBytes"], "UE5H");
         assert_eq!(attachment["isInline"], true);
         assert_eq!(attachment["contentId"], "logo");
+    }
+
+    #[test]
+    fn the_measured_size_is_the_size_sent_and_the_marker_travels() {
+        let message = OutgoingMessage::new(parts(), 1 << 20).unwrap();
+        let sent = json_send_mail(&message, &[], &internet_message_id("m-1", &from()));
+        assert_eq!(json_len(&message, &from(), "m-1"), sent.len());
+        let json: Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(json["message"]["internetMessageId"], "<m-1@contoso.com>");
+    }
+
+    #[test]
+    fn skip_sent_items_cannot_travel_as_mime() {
+        let both = OutgoingMessage::new(
+            MessageParts {
+                html_body: "<p>x</p>".into(),
+                save_to_sent_items: false,
+                ..parts()
+            },
+            1 << 20,
+        )
+        .unwrap();
+        let refused = plan(&both, &from(), "id", Utc::now()).unwrap_err();
+        assert_eq!(refused.field, "skip_sent_items");
     }
 }

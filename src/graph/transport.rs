@@ -1,92 +1,66 @@
-//! The Graph transport: sends as the mailbox's signed-in user.
+//! The Graph transport: sends as the mailbox's signed-in user, from its primary SMTP address.
 //!
-//! - Tokens come from the refresh engine; a 401 gets one refresh and one retry.
-//! - 429, 503 and 504 are retried after `Retry-After` (else exponential backoff with full
-//!   jitter) within a budget of attempts and time ([`crate::retry`]).
-//! - A request that may have reached Microsoft without an answer is never resent: the caller
-//!   learns that the outcome is unknown.
-//! - At most four Graph requests per mailbox are in flight (Outlook's limit); further ones
-//!   wait for a place instead of provoking 429s.
+//! - The wire form is chosen by [`payload::plan`]; the retry policy, the 401 refresh and the
+//!   concurrency places are in `policy`.
+//! - Every message carries a marker Graph keeps: its `internetMessageId`/`Message-ID`,
+//!   `<message_id@sending domain>`. When a sending call is answered ambiguously the message is
+//!   never resent; if the mailbox granted a read permission and keeps a copy, the service looks
+//!   for the marker in Sent Items for a short while: found means sent.
+//! - At most four Graph requests per mailbox are in flight (Outlook's limit, shared between
+//!   replicas on PostgreSQL); further ones wait for a place instead of provoking 429s.
 
 use std::{
-    future::Future,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Mutex, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 
 use super::{
-    GraphCallError, GraphClient, Plan, is_retryable,
+    GraphClient,
     limiter::MailboxLimiter,
-    payload::{self, UPLOAD_CHUNK},
+    payload::{self, DraftAttachment, Plan, UPLOAD_CHUNK},
+    policy::{AttemptError, Effect, Session},
 };
 use crate::{
     clock::SharedClock,
-    domain::{Attachment, Mailbox, OutgoingMessage, ValidationError, human_bytes},
+    domain::{Attachment, Mailbox, OutgoingMessage, human_bytes},
     metrics,
     oauth::{AccessToken, TokenManager},
-    retry::{Backoff, Decision, GaveUp, retry},
+    retry::Backoff,
     settings::GraphSettings,
     transport::{SendError, Transport},
 };
-
-/// Whether a call can send mail, which decides what an unanswered request means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effect {
-    /// sendMail or sending a draft: no answer means "maybe sent".
-    Sends,
-    /// Everything else: no answer means "not sent".
-    Prepares,
-}
 
 /// The backoff of Graph calls: 1 s, 2 s, 4 s … capped at 30 s, full jitter.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
+/// The delegated permissions that let the service read Sent Items.
+const READ_PERMISSIONS: [&str; 3] = ["Mail.ReadBasic", "Mail.Read", "Mail.ReadWrite"];
+
+/// How often Sent Items is looked at after an ambiguous answer.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Sends through Microsoft Graph.
 #[derive(Debug)]
 pub struct GraphTransport {
-    client: GraphClient,
-    tokens: Arc<TokenManager>,
+    pub(super) client: GraphClient,
+    pub(super) tokens: std::sync::Arc<TokenManager>,
     clock: SharedClock,
-    backoff: Backoff,
-    limiter: MailboxLimiter,
-}
-
-/// One send's state across its Graph calls.
-struct Session {
-    mailbox: Mailbox,
-    message_id: String,
-    token: Mutex<AccessToken>,
-    /// The retry budget counts from here, across every call of the send.
-    started: Instant,
-    refreshed_after_401: AtomicBool,
-}
-
-impl Session {
-    fn token(&self) -> AccessToken {
-        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Why one attempt of a call failed.
-enum AttemptError {
-    /// Graph's answer, or its absence.
-    Call(GraphCallError),
-    /// A failure on our side that no retry of this call can mend.
-    Final(SendError),
+    pub(super) backoff: Backoff,
+    pub(super) limiter: MailboxLimiter,
+    reconcile_window: Duration,
+    blocked_pause: Duration,
 }
 
 impl GraphTransport {
     pub fn new(
         client: GraphClient,
-        tokens: Arc<TokenManager>,
+        tokens: std::sync::Arc<TokenManager>,
         clock: SharedClock,
         settings: &GraphSettings,
+        limiter: MailboxLimiter,
     ) -> Self {
         Self {
             client,
@@ -98,7 +72,9 @@ impl GraphTransport {
                 max_attempts: settings.retry_max_attempts,
                 budget: Some(settings.retry_budget),
             },
-            limiter: MailboxLimiter::new(settings.mailbox_concurrency, settings.concurrency_wait),
+            limiter,
+            reconcile_window: settings.reconcile_window,
+            blocked_pause: settings.blocked_pause,
         }
     }
 
@@ -106,7 +82,7 @@ impl GraphTransport {
         &self,
         session: &Session,
         draft: &payload::Payload,
-        uploads: &[Attachment],
+        attachments: &[DraftAttachment],
     ) -> Result<(), SendError> {
         let client = &self.client;
         let id = session.message_id.as_str();
@@ -115,56 +91,87 @@ impl GraphTransport {
                 client.create_draft(&token.secret, draft, id).await
             })
             .await?;
-        tracing::debug!(message_id = id, uploads = uploads.len(), "draft created");
-        if let Err(error) = self.upload_all(session, &draft_id, uploads).await {
+        tracing::debug!(
+            message_id = id,
+            attachments = attachments.len(),
+            "draft created"
+        );
+        if let Err(error) = self.attach_all(session, &draft_id, attachments).await {
             self.delete_draft(session, &draft_id).await;
             return Err(error);
         }
         let draft_id = draft_id.as_str();
-        self.call(session, Effect::Sends, |token| async move {
+        self.call(session, Effect::SendsDraft, |token| async move {
             client.send_draft(&token.secret, draft_id, id).await
         })
         .await
     }
 
-    async fn upload_all(
+    async fn attach_all(
         &self,
         session: &Session,
         draft_id: &str,
-        uploads: &[Attachment],
+        attachments: &[DraftAttachment],
     ) -> Result<(), SendError> {
         let client = &self.client;
         let id = session.message_id.as_str();
-        for attachment in uploads {
-            let body = payload::upload_session_body(attachment);
-            let upload_url = self
-                .call(session, Effect::Prepares, |token| {
-                    let body = body.clone();
-                    async move {
-                        client
-                            .create_upload_session(&token.secret, draft_id, body, id)
-                            .await
-                    }
-                })
-                .await?;
-            let total = attachment.content.len() as u64;
-            let mut start = 0usize;
-            while start < attachment.content.len() {
-                let end = (start + UPLOAD_CHUNK).min(attachment.content.len());
-                // A slice of the request's own buffer: no copy of the attachment per chunk.
-                let chunk = attachment.content.slice(start..end);
-                let url = &upload_url;
-                self.call(session, Effect::Prepares, |_| {
-                    let chunk = chunk.clone();
-                    async move {
-                        client
-                            .upload_chunk(url, chunk, start as u64, total, id)
-                            .await
-                    }
-                })
-                .await?;
-                start = end;
+        for attachment in attachments {
+            match attachment {
+                DraftAttachment::Post { body, .. } => {
+                    self.call(session, Effect::Prepares, |token| {
+                        let body = body.clone();
+                        async move {
+                            client
+                                .add_attachment(&token.secret, draft_id, body, id)
+                                .await
+                        }
+                    })
+                    .await?;
+                }
+                DraftAttachment::Upload(attachment) => {
+                    self.upload(session, draft_id, attachment).await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        session: &Session,
+        draft_id: &str,
+        attachment: &Attachment,
+    ) -> Result<(), SendError> {
+        let client = &self.client;
+        let id = session.message_id.as_str();
+        let body = payload::upload_session_body(attachment);
+        let upload_url = self
+            .call(session, Effect::Prepares, |token| {
+                let body = body.clone();
+                async move {
+                    client
+                        .create_upload_session(&token.secret, draft_id, body, id)
+                        .await
+                }
+            })
+            .await?;
+        let total = attachment.content.len() as u64;
+        let mut start = 0usize;
+        while start < attachment.content.len() {
+            let end = (start + UPLOAD_CHUNK).min(attachment.content.len());
+            // A slice of the request's own buffer: no copy of the attachment per chunk.
+            let chunk = attachment.content.slice(start..end);
+            let url = &upload_url;
+            self.call(session, Effect::Prepares, |_| {
+                let chunk = chunk.clone();
+                async move {
+                    client
+                        .upload_chunk(url, chunk, start as u64, total, id)
+                        .await
+                }
+            })
+            .await?;
+            start = end;
         }
         Ok(())
     }
@@ -186,91 +193,68 @@ impl GraphTransport {
         }
     }
 
-    /// One Graph call with the retry policy, the 401 refresh and the concurrency limit.
-    async fn call<T, F, Fut>(
+    /// After an ambiguous answer: looks for the message's marker in Sent Items until it shows
+    /// or the window closes. Found: it was sent. Otherwise the outcome stays unknown.
+    async fn reconcile(
         &self,
         session: &Session,
-        effect: Effect,
-        request: F,
-    ) -> Result<T, SendError>
-    where
-        F: Fn(AccessToken) -> Fut,
-        Fut: Future<Output = Result<T, GraphCallError>>,
-    {
-        let outcome = retry(
-            &self.backoff,
-            session.started,
-            || self.attempt(session, &request),
-            decide,
-            |error, attempt, delay| {
-                if let AttemptError::Call(GraphCallError::Failed(failure)) = error {
-                    metrics::graph_retry(if failure.status == 429 {
-                        "throttled"
-                    } else {
-                        "unavailable"
-                    });
-                } else {
-                    metrics::graph_retry("connect_error");
-                }
-                tracing::info!(
-                    message_id = session.message_id,
-                    attempt,
-                    delay_ms = delay.as_millis() as u64,
-                    "retrying a Graph request"
-                );
-            },
-        )
-        .await;
-        outcome.map_err(|gave_up| give_up(session, effect, gave_up))
-    }
-
-    /// One attempt: a place among the mailbox's in-flight requests, the request, and on a 401
-    /// (the first of this send) a refreshed token and the request once more.
-    async fn attempt<T, F, Fut>(&self, session: &Session, request: &F) -> Result<T, AttemptError>
-    where
-        F: Fn(AccessToken) -> Fut,
-        Fut: Future<Output = Result<T, GraphCallError>>,
-    {
-        let result = self.limited(session, request).await?;
-        match result {
-            Err(GraphCallError::Failed(failure))
-                if failure.status == 401
-                    && !session.refreshed_after_401.swap(true, Ordering::SeqCst) =>
-            {
-                metrics::graph_retry("unauthorized");
-                tracing::info!(
-                    message_id = session.message_id,
-                    "Graph rejected the access token; refreshing once"
-                );
-                let fresh = self
-                    .tokens
-                    .replace_rejected(&session.mailbox, &session.token())
-                    .await
-                    .map_err(|e| AttemptError::Final(e.into()))?;
-                *session.token.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-                self.limited(session, request)
-                    .await?
-                    .map_err(AttemptError::Call)
-            }
-            other => other.map_err(AttemptError::Call),
+        marker: &str,
+        keeps_a_copy: bool,
+        reason: String,
+    ) -> Result<DateTime<Utc>, SendError> {
+        let unknown = |detail: String| SendError::OutcomeUnknown {
+            message_id: session.message_id.clone(),
+            reason: format!("{reason}; {detail}"),
+        };
+        let token = session.token();
+        if !keeps_a_copy || !READ_PERMISSIONS.iter().any(|p| token.has_scope(p)) {
+            metrics::ambiguous_send("not_looked_up");
+            return Err(unknown(if keeps_a_copy {
+                "with the delegated permission Mail.ReadBasic granted, graph-mailer would look \
+                 the message up in Sent Items"
+                    .to_owned()
+            } else {
+                "the message keeps no copy in Sent Items (skip_sent_items) to look up".to_owned()
+            }));
         }
-    }
-
-    async fn limited<T, F, Fut>(
-        &self,
-        session: &Session,
-        request: &F,
-    ) -> Result<Result<T, GraphCallError>, AttemptError>
-    where
-        F: Fn(AccessToken) -> Fut,
-        Fut: Future<Output = Result<T, GraphCallError>>,
-    {
-        let _permit = self
-            .limiter
-            .acquire(&session.mailbox)
-            .await
-            .map_err(AttemptError::Final)?;
-        Ok(request(session.token()).await)
+        let deadline = Instant::now() + self.reconcile_window;
+        let client = &self.client;
+        let id = session.message_id.as_str();
+        while Instant::now() < deadline {
+            let pause = LOOKUP_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause / 2).await;
+            let found = self
+                .limited(session, &|token: AccessToken| async move {
+                    client.is_in_sent_items(&token.secret, marker, id).await
+                })
+                .await;
+            match found {
+                Ok(Ok(true)) => {
+                    metrics::ambiguous_send("sent");
+                    tracing::info!(
+                        message_id = id,
+                        "Graph's answer was ambiguous; the message is in Sent Items, so it was sent"
+                    );
+                    return Ok(self.clock.now());
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::debug!(
+                    message_id = id,
+                    error = ?error,
+                    "looking in Sent Items failed; trying again"
+                ),
+                Err(AttemptError::Final(error)) => return Err(unknown(error.to_string())),
+                Err(AttemptError::Call(error)) => {
+                    tracing::debug!(message_id = id, error = ?error, "Sent Items lookup failed")
+                }
+            }
+            tokio::time::sleep(pause / 2).await;
+        }
+        metrics::ambiguous_send("not_found");
+        Err(unknown(format!(
+            "it was not in Sent Items within {} s",
+            self.reconcile_window.as_secs()
+        )))
     }
 }
 
@@ -292,109 +276,54 @@ impl Transport for GraphTransport {
         message_id: &str,
     ) -> Result<DateTime<Utc>, SendError> {
         let token = self.tokens.access_token(mailbox).await?;
-        let plan = payload::plan(message, mailbox, message_id, self.clock.now());
+        // Graph sends as the account's primary SMTP address whatever the form; MIME must say
+        // the same, or Exchange refuses it (ErrorSendAsDenied).
+        let from = token
+            .sending_address
+            .clone()
+            .map_or_else(|| mailbox.clone(), Mailbox::from_stored);
+        let plan = payload::plan(message, &from, message_id, self.clock.now())?;
+        if matches!(plan, Plan::Draft { .. }) && !token.has_scope("Mail.ReadWrite") {
+            return Err(SendError::MissingPermission {
+                mailbox: mailbox.clone(),
+                permission: "Mail.ReadWrite",
+                needed_for: format!("attachments ({})", human_bytes(message.attachment_bytes())),
+            });
+        }
         let session = Session {
             mailbox: mailbox.clone(),
             message_id: message_id.to_owned(),
             token: Mutex::new(token),
             started: Instant::now(),
             refreshed_after_401: AtomicBool::new(false),
+            blocked_until: self.clock.now()
+                + chrono::Duration::from_std(self.blocked_pause).unwrap_or_default(),
         };
-        match plan {
+        tracing::debug!(message_id, form = plan.form(), "sending");
+        let sent = match &plan {
             Plan::Direct(payload) => {
-                tracing::debug!(
-                    message_id,
-                    form = payload.form(),
-                    bytes = payload.bytes().len(),
-                    "sending with sendMail"
-                );
                 let client = &self.client;
-                let payload = &payload;
-                self.call(&session, Effect::Sends, |token| async move {
+                self.call(&session, Effect::SendsMail, |token| async move {
                     client.send_mail(&token.secret, payload, message_id).await
                 })
-                .await?;
+                .await
             }
-            Plan::Draft { draft, uploads } => {
-                if !message.save_to_sent_items() {
-                    return Err(ValidationError::new(
-                        "skip_sent_items",
-                        "cannot be honoured for a message with 3 MB or more of attachments: Microsoft \
-                         sends those through a draft, which always keeps a copy in Sent Items",
-                    )
-                    .into());
-                }
-                if !session.token().has_scope("Mail.ReadWrite") {
-                    return Err(SendError::MissingPermission {
-                        mailbox: mailbox.clone(),
-                        permission: "Mail.ReadWrite",
-                        needed_for: format!(
-                            "attachments ({})",
-                            human_bytes(message.attachment_bytes())
-                        ),
-                    });
-                }
-                self.send_through_draft(&session, &draft, &uploads).await?;
+            Plan::Draft { draft, attachments } => {
+                self.send_through_draft(&session, draft, attachments).await
             }
+        };
+        match sent {
+            Ok(()) => Ok(self.clock.now()),
+            Err(SendError::OutcomeUnknown { reason, .. }) => {
+                let marker = payload::internet_message_id(message_id, &from);
+                self.reconcile(&session, &marker, message.save_to_sent_items(), reason)
+                    .await
+            }
+            Err(error) => Err(error),
         }
-        Ok(self.clock.now())
     }
 
     fn forget(&self, mailbox: &Mailbox) {
         self.tokens.forget(mailbox);
-    }
-}
-
-/// Which failures of a Graph call are worth another attempt.
-fn decide(error: &AttemptError) -> Decision {
-    match error {
-        AttemptError::Call(GraphCallError::Failed(failure)) if is_retryable(failure.status) => {
-            metrics::graph_retry_after(
-                failure.status == 429,
-                failure.retry_after.map(|d| d.as_secs_f64()),
-            );
-            Decision::Retry {
-                retry_after: failure.retry_after,
-            }
-        }
-        // The request never left: safe to send again.
-        AttemptError::Call(GraphCallError::NotSent(_)) => Decision::Retry { retry_after: None },
-        _ => Decision::Stop,
-    }
-}
-
-/// What a call that failed for good means for the send.
-fn give_up(session: &Session, effect: Effect, gave_up: GaveUp<AttemptError>) -> SendError {
-    let GaveUp {
-        error, attempts, ..
-    } = gave_up;
-    match error {
-        AttemptError::Final(error) => error,
-        AttemptError::Call(GraphCallError::Failed(failure)) if is_retryable(failure.status) => {
-            if failure.status == 429 {
-                SendError::Throttled {
-                    mailbox: session.mailbox.clone(),
-                    attempts,
-                    retry_after: failure.retry_after,
-                }
-            } else {
-                SendError::ProviderUnavailable {
-                    status: failure.status,
-                    attempts,
-                    retry_after: failure.retry_after,
-                }
-            }
-        }
-        AttemptError::Call(GraphCallError::Failed(failure)) => {
-            failure.into_send_error(&session.mailbox)
-        }
-        AttemptError::Call(GraphCallError::NotSent(reason)) => SendError::Unreachable { reason },
-        AttemptError::Call(GraphCallError::Ambiguous(reason)) => match effect {
-            Effect::Sends => SendError::OutcomeUnknown {
-                message_id: session.message_id.clone(),
-                reason,
-            },
-            Effect::Prepares => SendError::NoAnswerWhilePreparing { reason },
-        },
     }
 }

@@ -189,6 +189,10 @@ fn mailbox_status(record: MailboxRecord) -> proto::MailboxStatus {
         last_error: record.last_error.unwrap_or_default(),
         sent_total: record.sent_total,
         failed_total: record.failed_total,
+        paused_until: record.paused_until.map(to_timestamp),
+        sending_address: record.sending_address.unwrap_or_default(),
+        missing_scopes: record.missing_scopes,
+        pause_reason: record.pause_reason.unwrap_or_default(),
     }
 }
 

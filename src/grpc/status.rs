@@ -37,13 +37,15 @@ fn send_code(error: &SendError) -> Code {
     match error {
         SendError::Invalid(_) => Code::InvalidArgument,
         SendError::Token(token) => token_code(token),
-        SendError::MissingPermission { .. } | SendError::MailboxNotEnabled { .. } => {
-            Code::FailedPrecondition
-        }
+        SendError::MissingPermission { .. }
+        | SendError::MailboxNotEnabled { .. }
+        | SendError::TokenRejected { .. } => Code::FailedPrecondition,
         SendError::SendAsDenied { .. }
         | SendError::AccessDenied { .. }
         | SendError::Forbidden { .. } => Code::PermissionDenied,
-        SendError::MailboxFull { .. } | SendError::Throttled { .. } => Code::ResourceExhausted,
+        SendError::MailboxFull { .. }
+        | SendError::Throttled { .. }
+        | SendError::SendingBlocked { .. } => Code::ResourceExhausted,
         SendError::ProviderUnavailable { .. }
         | SendError::Unreachable { .. }
         | SendError::NoAnswerWhilePreparing { .. }
@@ -60,6 +62,7 @@ fn token_code(error: &TokenError) -> Code {
         | TokenError::ReauthorizationRequired { .. }
         | TokenError::Configuration { .. } => Code::FailedPrecondition,
         TokenError::Unavailable { .. } => Code::Unavailable,
+        TokenError::Bug { .. } => Code::Internal,
         TokenError::Store(store) if store.is_undecryptable() => Code::FailedPrecondition,
         TokenError::Store(_) => Code::Unavailable,
     }
@@ -257,7 +260,9 @@ mod tests {
                 request_id: Some("req-1".into()),
                 client_request_id: Some("msg-1".into()),
             };
-            let status = Status::from(Error::Delivery(failure.into_send_error(&mailbox())));
+            let status = Status::from(Error::Delivery(
+                failure.into_send_error(&mailbox(), chrono::Utc::now()),
+            ));
             assert_eq!(status.code(), expected, "{graph_code}");
             assert!(
                 status.message().contains(phrase),

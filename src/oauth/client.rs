@@ -143,6 +143,14 @@ impl IdentityClient {
         &self.client_id
     }
 
+    /// The `iss` of an id_token this authority issues for tenant `tid`.
+    pub fn issuer_for(&self, tid: &str) -> String {
+        format!(
+            "{}/{tid}/v2.0",
+            self.authority.as_str().trim_end_matches('/')
+        )
+    }
+
     /// The Graph scopes the service asks for.
     pub fn scopes(&self) -> &GraphScopes {
         &self.scopes
@@ -216,17 +224,30 @@ impl IdentityClient {
         .await
     }
 
-    /// Redeems a refresh token. The grant carries the rotated refresh token.
+    /// Redeems a refresh token for the scopes the connection was `granted` (short names).
+    /// The grant carries the rotated refresh token.
+    ///
+    /// A refresh may ask for the original consent "or a subset" (authorization code flow
+    /// page): asking for a permission added to the configuration since then fails with
+    /// AADSTS65001 although the granted ones still work.
     pub async fn refresh(
         &self,
         refresh_token: &SecretString,
+        granted: &[String],
     ) -> Result<TokenGrant, TokenRequestError> {
+        let scopes = if granted.is_empty() {
+            // A connection stored before scopes were kept: the configuration is all we know.
+            self.scopes.request_scopes()
+        } else {
+            self.scopes.request_scopes_for(granted)
+        };
+        let scopes = &scopes;
         self.with_current_secret(|client| async move {
             client
                 .exchange_refresh_token(&RefreshToken::new(
                     refresh_token.expose_secret().to_owned(),
                 ))
-                .add_scopes(self.scopes.request_scopes().into_iter().map(Scope::new))
+                .add_scopes(scopes.iter().cloned().map(Scope::new))
                 .request_async(&self.http)
                 .await
         })

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{IdentityClient, TokenRequestError, error::ErrorClass, sign_in};
+use super::{Directory, IdentityClient, TokenRequestError, error::ErrorClass, sign_in};
 use crate::{
     audit::{AuditEvent, AuditLog, AuditRecord},
     clock::SharedClock,
@@ -96,6 +96,7 @@ impl CallbackOutcome {
 #[derive(Debug)]
 pub struct ConnectFlow {
     identity: Arc<IdentityClient>,
+    directory: Arc<dyn Directory>,
     audit: Arc<AuditLog>,
     store: Store,
     clock: SharedClock,
@@ -104,12 +105,14 @@ pub struct ConnectFlow {
 impl ConnectFlow {
     pub fn new(
         identity: Arc<IdentityClient>,
+        directory: Arc<dyn Directory>,
         store: Store,
         clock: SharedClock,
         audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             identity,
+            directory,
             audit,
             store,
             clock,
@@ -263,8 +266,19 @@ impl ConnectFlow {
             Ok(grant) => grant,
             Err(error) => return self.redemption_failed(&mailbox, error).await,
         };
-        match sign_in::verify(&self.identity, self.clock.now(), &mailbox, &grant) {
-            Ok(connection) => self.save(connection).await,
+        let verified = sign_in::verify(
+            &self.identity,
+            self.directory.as_ref(),
+            self.clock.now(),
+            &mailbox,
+            &grant,
+        )
+        .await;
+        match verified {
+            Ok(connection) => match sign_in::pinned_elsewhere(&self.store, &connection).await {
+                Some(refused) => refused,
+                None => self.save(connection).await,
+            },
             Err(outcome) => outcome,
         }
     }

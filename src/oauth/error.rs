@@ -61,13 +61,20 @@ pub enum ErrorClass {
     Declined,
     /// The sign-in's code cannot be used (already redeemed, expired): start again.
     CodeRejected,
+    /// Microsoft says graph-mailer itself misbehaved (AADSTS50196: a request loop): a bug to
+    /// report, not an outage to retry.
+    ClientBug,
     /// Anything else.
     Unknown,
 }
 
 const REAUTHORIZATION_CODES: [u64; 8] = [70008, 700082, 50173, 70043, 50076, 50078, 50079, 65001];
-const CONFIGURATION_CODES: [u64; 6] = [50011, 700016, 50194, 90002, 7000218, 900971];
-const TRANSIENT_CODES: [u64; 2] = [90055, 50196];
+const CONFIGURATION_CODES: [u64; 7] = [50011, 700016, 50194, 90002, 7000218, 900971, 500011];
+/// Tenant policy refusing the token (Conditional Access, a device or app not approved, a user
+/// not assigned to the app). They recur on the service's own refresh whoever signs in again,
+/// so only an administrator can help: configuration errors, not "call Connect again".
+const POLICY_CODES: [u64; 6] = [53000, 53001, 53002, 53003, 530032, 50105];
+const TRANSIENT_CODES: [u64; 1] = [90055];
 
 impl MicrosoftError {
     /// The main AADSTS code: the first of `error_codes`, else the one in the description.
@@ -125,7 +132,10 @@ impl MicrosoftError {
                     return ErrorClass::ReauthorizationRequired;
                 }
                 7000215 | 7000222 => return ErrorClass::ClientSecret,
-                c if CONFIGURATION_CODES.contains(&c) => return ErrorClass::Configuration,
+                c if CONFIGURATION_CODES.contains(&c) || POLICY_CODES.contains(&c) => {
+                    return ErrorClass::Configuration;
+                }
+                50196 => return ErrorClass::ClientBug,
                 c if TRANSIENT_CODES.contains(&c) => return ErrorClass::Transient,
                 65004 => return ErrorClass::Declined,
                 54005 | 70000 | 70002 => return ErrorClass::CodeRejected,
@@ -210,6 +220,31 @@ impl MicrosoftError {
                 "this sign-in link was already used or has expired — call Connect again for"
                     .to_owned()
             }
+            Some(code) if POLICY_CODES.contains(&code) => {
+                return format!(
+                    "{label}: a policy of the tenant blocks the token for {mailbox} ({}) — Conditional \
+                     Access or a similar rule refuses graph-mailer's app or where it runs; an \
+                     administrator must change the policy (or exclude this app) in Microsoft Entra \
+                     ID; signing in again does not help while the policy applies",
+                    self.description()
+                );
+            }
+            Some(500011) => {
+                return format!(
+                    "{label}: the identity platform does not know the Graph resource asked for ({}) \
+                     — {} and {} must name the same Microsoft cloud",
+                    self.description(),
+                    crate::variables::AUTHORITY_URL,
+                    crate::variables::GRAPH_URL
+                );
+            }
+            Some(50196) => {
+                return format!(
+                    "{label}: Microsoft detected a request loop from graph-mailer (a bug in \
+                     graph-mailer; please report it with the trace ID) — {}",
+                    self.description()
+                );
+            }
             Some(501481) => {
                 return format!(
                     "{label}: the PKCE code verifier did not match (a bug in graph-mailer; please \
@@ -290,6 +325,18 @@ mod tests {
         assert_eq!(
             error("invalid_client", &[], None).class(),
             ErrorClass::Configuration
+        );
+    }
+
+    #[test]
+    fn tenant_policies_are_for_an_administrator_and_a_loop_is_a_bug() {
+        let blocked = error("invalid_grant", &[53003], Some("message_only"));
+        assert_eq!(blocked.class(), ErrorClass::Configuration);
+        let advice = blocked.advice("m@x.y", "");
+        assert!(advice.contains("administrator"), "{advice}");
+        assert_eq!(
+            error("invalid_request", &[50196], None).class(),
+            ErrorClass::ClientBug
         );
     }
 

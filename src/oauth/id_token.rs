@@ -11,6 +11,9 @@ use serde::Deserialize;
 pub struct IdTokenClaims {
     /// The client ID the token was issued to.
     pub aud: String,
+    /// Who issued it: `{authority}/{tenant GUID}/v2.0`.
+    #[serde(default)]
+    pub iss: Option<String>,
     /// The tenant (directory) GUID.
     #[serde(default)]
     pub tid: Option<String>,

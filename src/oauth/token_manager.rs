@@ -22,8 +22,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use super::{
-    IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, normalize_scopes,
-    token_cache::TokenCache,
+    IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, token_cache::TokenCache,
 };
 use crate::{
     clock::SharedClock,
@@ -43,6 +42,8 @@ pub struct AccessToken {
     pub scopes: Vec<String>,
     /// Which write of the tokens this is; see [`TokenManager::replace_rejected`].
     pub generation: i64,
+    /// The address mail goes out from (the account's primary SMTP address), when known.
+    pub sending_address: Option<String>,
 }
 
 impl AccessToken {
@@ -52,6 +53,7 @@ impl AccessToken {
             expires_at: tokens.access_token_expires_at,
             scopes: tokens.scopes.clone(),
             generation: tokens.generation,
+            sending_address: tokens.sending_address.clone(),
         }
     }
 
@@ -79,6 +81,9 @@ pub enum TokenError {
     /// The app registration or the service's settings are wrong.
     #[error("{advice}")]
     Configuration { aadsts: Option<u64>, advice: String },
+    /// Microsoft says graph-mailer misbehaved: a bug, reported as such.
+    #[error("{advice}")]
+    Bug { advice: String },
     /// The identity platform is unreachable or throttling, and no valid token is left.
     #[error("{advice}")]
     Unavailable { advice: String },
@@ -265,7 +270,9 @@ impl TokenManager {
             lock.release().await?;
             return Ok(AccessToken::from_stored(&tokens));
         }
-        let result = self.request_with_retries(&tokens.refresh_token).await;
+        let result = self
+            .request_with_retries(&tokens.refresh_token, &tokens.scopes)
+            .await;
         let now = self.clock.now();
         match result {
             Ok(grant) => {
@@ -280,6 +287,7 @@ impl TokenManager {
                     expires_at: refreshed.access_token_expires_at,
                     scopes: refreshed.scopes.unwrap_or(tokens.scopes),
                     generation,
+                    sending_address: tokens.sending_address,
                 })
             }
             Err(error) => {
@@ -308,7 +316,7 @@ impl TokenManager {
             access_token_expires_at: self.clock.now() + grant.expires_in,
             refresh_token,
             scopes: grant.scopes.map(|scopes| {
-                let mut scopes = normalize_scopes(&scopes);
+                let mut scopes = self.identity.scopes().short_names(&scopes);
                 if !scopes.iter().any(|s| s == "offline_access") {
                     scopes.push("offline_access".into());
                 }
@@ -321,11 +329,12 @@ impl TokenManager {
     async fn request_with_retries(
         &self,
         refresh_token: &SecretString,
+        granted: &[String],
     ) -> Result<TokenGrant, TokenRequestError> {
         retry(
             &self.retry,
             Instant::now(),
-            || self.identity.refresh(refresh_token),
+            || self.identity.refresh(refresh_token, granted),
             |error: &TokenRequestError| match error.class() {
                 ErrorClass::Transient => Decision::Retry { retry_after: None },
                 _ => Decision::Stop,
@@ -386,6 +395,13 @@ impl TokenManager {
                     .set_last_error(mailbox, ErrorSource::Token, &advice, now)
                     .await?;
                 Err(TokenError::Configuration { aadsts, advice })
+            }
+            ErrorClass::ClientBug => {
+                metrics::token_refresh("client_error");
+                self.store
+                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
+                    .await?;
+                Err(TokenError::Bug { advice })
             }
             ErrorClass::Transient | ErrorClass::Unknown => {
                 metrics::token_refresh("transient_error");

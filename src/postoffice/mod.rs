@@ -8,6 +8,7 @@
 
 mod error;
 mod idempotency;
+mod pauses;
 mod tally;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::{
         IdempotencyKey, Mailbox, MailboxPattern, OutgoingMessage, ValidationError, any_matches,
     },
     oauth::{ConnectFlow, SecretExpiry, SignInLink, StartError},
+    settings::GraphScopes,
     store::{ConnectionState, MailboxRecord, Store},
     transport::SharedTransport,
 };
@@ -69,6 +71,8 @@ pub struct Parts {
     /// The only mailboxes Connect accepts; empty: any.
     pub allowed_mailboxes: Vec<MailboxPattern>,
     pub audit: Arc<AuditLog>,
+    /// The permissions the configuration asks for (Graph only), to tell which a mailbox lacks.
+    pub scopes: Option<GraphScopes>,
 }
 
 /// The service's core.
@@ -76,6 +80,7 @@ pub struct Parts {
 pub struct PostOffice {
     parts: Parts,
     tallies: tally::Tallies,
+    pauses: pauses::Pauses,
 }
 
 impl PostOffice {
@@ -83,6 +88,7 @@ impl PostOffice {
         Self {
             parts,
             tallies: tally::Tallies::default(),
+            pauses: pauses::Pauses::default(),
         }
     }
 
@@ -199,6 +205,9 @@ impl PostOffice {
         request: &SendRequest,
         message_id: &str,
     ) -> Result<SendReceipt, Error> {
+        if let Some(paused) = self.pauses.refusal(mailbox, self.parts.clock.now()) {
+            return Err(paused.into());
+        }
         let key = request.idempotency_key.as_ref();
         if let Some(key) = key
             && let Some(earlier) = idempotency::claim(
@@ -239,6 +248,9 @@ impl PostOffice {
                 })
             }
             Err(error) => {
+                self.pauses
+                    .note(&self.parts.store, &error, self.parts.clock.now())
+                    .await;
                 self.tallies.add(mailbox, Err(error.to_string()));
                 Err(error.into())
             }
@@ -271,16 +283,36 @@ impl PostOffice {
                 all
             }
         };
-        let mailboxes = if self.parts.transport.needs_connected_mailboxes() {
+        let mut mailboxes: Vec<MailboxRecord> = if self.parts.transport.needs_connected_mailboxes()
+        {
             mailboxes
         } else {
             mailboxes.into_iter().map(as_open_mailbox).collect()
         };
+        let mut warnings: Vec<String> = self.parts.secret_expiry.warning(now).into_iter().collect();
+        for record in &mut mailboxes {
+            if record.paused_until.is_some_and(|until| until <= now) {
+                record.paused_until = None;
+                record.pause_reason = None;
+            }
+            if let Some(scopes) = &self.parts.scopes
+                && record.state == ConnectionState::Connected
+            {
+                record.missing_scopes = scopes.missing_from(&record.scopes);
+                warnings.extend(record.missing_scopes.iter().map(|scope| {
+                    format!(
+                        "{}: configured {scope} is not granted: call Connect with force_consent \
+                         for this mailbox to grant it",
+                        record.mailbox
+                    )
+                }));
+            }
+        }
         Ok(ServiceStatus {
             mailboxes,
             transport: self.parts.transport.name(),
             client_secret_expires_at: self.parts.secret_expiry.expires_at,
-            warnings: self.parts.secret_expiry.warning(now).into_iter().collect(),
+            warnings,
         })
     }
 

@@ -5,14 +5,14 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 use super::{
-    RawSettings,
+    GraphResource, GraphScopes, RawSettings,
     validate::{Problems, secs},
 };
 use crate::variables::{
-    CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE, GRAPH_SCOPES,
-    TENANT_ID, TRANSPORT,
+    CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_EXPIRES_AT, CLIENT_SECRET_FILE, TENANT_ID, TRANSPORT,
 };
 
 /// The Microsoft Entra tenant: a directory GUID or one of its verified domains.
@@ -98,65 +98,6 @@ pub enum ClientSecretSource {
     File(PathBuf),
 }
 
-/// The delegated Microsoft Graph permissions the service asks for, as short names
-/// (`Mail.Send`, `Mail.ReadWrite`, `User.Read`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphScopes(Vec<String>);
-
-/// The resource prefix of Microsoft Graph scopes.
-pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com/";
-
-/// The OpenID Connect scopes that make Microsoft return an id_token naming the account, and
-/// `offline_access`, which makes it return a refresh token.
-pub const IDENTITY_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
-
-impl GraphScopes {
-    /// Parses a space- or comma-separated list; `Mail.Send` is always required.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let mut scopes: Vec<String> = Vec::new();
-        for scope in value.split([' ', ',']).filter(|s| !s.is_empty()) {
-            let short = scope.strip_prefix(GRAPH_RESOURCE).unwrap_or(scope);
-            if !short
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
-            {
-                return Err(format!(
-                    "{GRAPH_SCOPES}: \"{scope}\" is not a Microsoft Graph permission name \
-                     such as Mail.Send"
-                ));
-            }
-            if !scopes.iter().any(|s| s.eq_ignore_ascii_case(short)) {
-                scopes.push(short.to_owned());
-            }
-        }
-        if !scopes.iter().any(|s| s.eq_ignore_ascii_case("Mail.Send")) {
-            return Err(format!(
-                "{GRAPH_SCOPES} must include Mail.Send: without it no mail can be sent"
-            ));
-        }
-        Ok(Self(scopes))
-    }
-
-    /// The short names.
-    pub fn names(&self) -> &[String] {
-        &self.0
-    }
-
-    /// Whether a permission is among them (case-insensitive).
-    pub fn includes(&self, name: &str) -> bool {
-        self.0.iter().any(|s| s.eq_ignore_ascii_case(name))
-    }
-
-    /// The `scope` parameter sent to Microsoft: identity scopes plus the Graph ones as URIs.
-    pub fn request_scopes(&self) -> Vec<String> {
-        IDENTITY_SCOPES
-            .iter()
-            .map(|s| (*s).to_owned())
-            .chain(self.0.iter().map(|s| format!("{GRAPH_RESOURCE}{s}")))
-            .collect()
-    }
-}
-
 /// Everything needed to talk to Microsoft on behalf of the app registration.
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
@@ -194,7 +135,11 @@ impl AzureSettings {
     }
 
     /// The app registration's section, every problem of it recorded.
-    pub(super) fn from_raw(raw: &RawSettings, problems: &mut Problems) -> Option<Self> {
+    pub(super) fn from_raw(
+        raw: &RawSettings,
+        graph_url: Option<&Url>,
+        problems: &mut Problems,
+    ) -> Option<Self> {
         let tenant = problems.take(
             raw.tenant_id
                 .as_deref()
@@ -219,7 +164,8 @@ impl AzureSettings {
                 .map(parse_expiry)
                 .transpose(),
         );
-        let scopes = problems.take(GraphScopes::parse(&raw.graph_scopes));
+        let resource = graph_url.map_or_else(GraphResource::global, GraphResource::of);
+        let scopes = problems.take(GraphScopes::parse(&raw.graph_scopes, resource));
         Some(Self {
             tenant: tenant?,
             client_id: client_id?,
@@ -330,28 +276,6 @@ mod tests {
         let error = ClientId::parse("my-app").unwrap_err();
         assert!(error.contains("Application (client) ID"), "{error}");
         assert!(ClientId::parse("0000000000000000000000000000000a").is_err());
-    }
-
-    #[test]
-    fn graph_scopes_accept_short_names_and_uris_and_require_mail_send() {
-        let scopes =
-            GraphScopes::parse("Mail.Send https://graph.microsoft.com/Mail.ReadWrite,mail.send")
-                .unwrap();
-        assert_eq!(scopes.names(), ["Mail.Send", "Mail.ReadWrite"]);
-        assert!(scopes.includes("mail.readwrite"));
-        assert_eq!(
-            scopes.request_scopes(),
-            [
-                "openid",
-                "profile",
-                "email",
-                "offline_access",
-                "https://graph.microsoft.com/Mail.Send",
-                "https://graph.microsoft.com/Mail.ReadWrite"
-            ]
-        );
-        assert!(GraphScopes::parse("User.Read").is_err());
-        assert!(GraphScopes::parse("Mail.Send Mail/Evil").is_err());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! - [`validate`] and [`azure`]: each section parses itself, collecting every problem at once
 //!   with a sentence saying how to fix it, plus warnings for values that work but are probably
 //!   mistakes.
+//! - [`scopes`]: the Graph permissions asked for, and the Graph resource they are for.
 
 pub mod azure;
 pub mod raw;
+pub mod scopes;
 pub(crate) mod types;
 mod validate;
 
@@ -22,10 +24,9 @@ use url::Url;
 pub use crate::variables as names;
 use crate::variables;
 pub use crate::variables::ENV_PREFIX;
-pub use azure::{
-    AzureSettings, ClientId, ClientSecretSource, GraphScopes, TenantId, secret_id_warning,
-};
+pub use azure::{AzureSettings, ClientId, ClientSecretSource, TenantId, secret_id_warning};
 pub use raw::RawSettings;
+pub use scopes::{GraphResource, GraphScopes};
 pub use types::{
     AccessSettings, AuditLogTarget, DatabaseUrl, GraphSettings, KeySource, LimitSettings,
     LogFormat, MICROSOFT_MAX_MESSAGE_BYTES, PublicUrl, TlsSettings, TokenSettings,
@@ -114,7 +115,9 @@ impl Settings {
         let log_format = problems.take(parse_log_format(&raw.log_format));
         let graph_chosen = problems.take(AzureSettings::chosen(&raw));
         let azure = match graph_chosen {
-            Some(true) => AzureSettings::from_raw(&raw, &mut problems).map(Some),
+            Some(true) => {
+                AzureSettings::from_raw(&raw, graph_url.as_ref(), &mut problems).map(Some)
+            }
             _ => Some(None),
         };
         let max_message_bytes = problems.take(parse_max_message_bytes(raw.max_message_bytes));

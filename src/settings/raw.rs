@@ -65,6 +65,8 @@ pub struct RawSettings {
     pub retry_budget_seconds: u64,
     pub mailbox_concurrency: u64,
     pub concurrency_wait_seconds: u64,
+    pub reconcile_seconds: u64,
+    pub sending_blocked_pause_seconds: u64,
     pub shutdown_drain_seconds: u64,
     pub health_interval_seconds: u64,
 }
@@ -115,6 +117,8 @@ impl Default for RawSettings {
             retry_budget_seconds: 60,
             mailbox_concurrency: 4,
             concurrency_wait_seconds: 30,
+            reconcile_seconds: 30,
+            sending_blocked_pause_seconds: 3600,
             shutdown_drain_seconds: 30,
             health_interval_seconds: 5,
         }

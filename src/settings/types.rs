@@ -83,6 +83,10 @@ pub struct GraphSettings {
     pub mailbox_concurrency: usize,
     /// How long a send waits for one of those places before giving up.
     pub concurrency_wait: Duration,
+    /// How long the service looks in Sent Items after an ambiguous answer to a send.
+    pub reconcile_window: Duration,
+    /// How long sends are held back after Exchange stopped a mailbox sending.
+    pub blocked_pause: Duration,
 }
 
 /// The store's URL: `sqlite://…` or `postgres://…`. It may hold a password, so it is shown

@@ -180,6 +180,8 @@ impl GraphSettings {
             retry_budget: Duration::from_secs(raw.retry_budget_seconds),
             mailbox_concurrency: usize::try_from(raw.mailbox_concurrency).unwrap_or(usize::MAX),
             concurrency_wait: Duration::from_secs(raw.concurrency_wait_seconds),
+            reconcile_window: Duration::from_secs(raw.reconcile_seconds),
+            blocked_pause: Duration::from_secs(raw.sending_blocked_pause_seconds.max(1)),
         })
     }
 }

@@ -145,6 +145,7 @@ impl Application {
             secret_expiry,
             allowed_mailboxes: settings.access.allowed_mailboxes.clone(),
             audit: audit.clone(),
+            scopes: settings.azure.as_ref().map(|azure| azure.scopes.clone()),
         }));
         let upkeep = Arc::new(Upkeep::new(store.clone(), clock.clone(), secret_expiry));
         let grpc = grpc::services(grpc::MailerParts {

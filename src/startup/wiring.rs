@@ -10,7 +10,7 @@ use crate::{
     audit::AuditLog,
     callers::CallerRegistry,
     clock::SharedClock,
-    graph::{GraphClient, GraphTransport},
+    graph::{GraphClient, GraphTransport, MailboxLimiter},
     oauth::{ClientSecretProvider, ConnectFlow, IdentityClient, TokenManager},
     retry::Backoff,
     settings::{AzureSettings, Settings},
@@ -101,12 +101,6 @@ pub(crate) fn wire_microsoft(
         settings.tokens.clone(),
         refresh_backoff,
     ));
-    let connect = Arc::new(ConnectFlow::new(
-        identity.clone(),
-        store.clone(),
-        clock.clone(),
-        audit,
-    ));
     let graph = GraphClient::new(
         GraphClient::http_client(
             settings.graph.connect_timeout,
@@ -116,11 +110,22 @@ pub(crate) fn wire_microsoft(
         settings.graph_url.clone(),
     )
     .with_context(|| format!("{} cannot be used for Graph's URLs", variables::GRAPH_URL))?;
+    let connect = Arc::new(ConnectFlow::new(
+        identity.clone(),
+        Arc::new(graph.clone()),
+        store.clone(),
+        clock.clone(),
+        audit,
+    ));
     let transport: SharedTransport = Arc::new(GraphTransport::new(
         graph,
         tokens.clone(),
         clock.clone(),
         &settings.graph,
+        MailboxLimiter::new(
+            settings.graph.mailbox_concurrency,
+            settings.graph.concurrency_wait,
+        ),
     ));
     tracing::info!(
         tenant = %azure.tenant,

@@ -25,6 +25,21 @@ pub struct MailboxRecord {
     pub last_error: Option<String>,
     pub sent_total: u64,
     pub failed_total: u64,
+    /// The address mail goes out from, when Graph told it at Connect.
+    pub sending_address: Option<String>,
+    /// Until when Exchange has stopped the mailbox sending, and why.
+    pub paused_until: Option<DateTime<Utc>>,
+    pub pause_reason: Option<String>,
+    /// Configured permissions the mailbox has not granted (filled in by the post office,
+    /// which knows the configuration).
+    pub missing_scopes: Vec<String>,
+}
+
+/// The account a mailbox is connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedAccount {
+    pub object_id: String,
+    pub account: Option<String>,
 }
 
 /// A completed sign-in, ready to be stored.
@@ -34,6 +49,8 @@ pub struct NewConnection {
     pub account: String,
     pub object_id: Option<String>,
     pub tenant_id: Option<String>,
+    /// The primary SMTP address Graph reported.
+    pub sending_address: Option<String>,
     pub scopes: Vec<String>,
     pub access_token: SecretString,
     pub access_token_expires_at: DateTime<Utc>,
@@ -119,6 +136,29 @@ impl Store {
             .collect()
     }
 
+    /// The account the mailbox is connected to (also while it must be reauthorized); `None`
+    /// when it is not connected or was connected before object ids were kept.
+    pub async fn pinned_account(
+        &self,
+        mailbox: &Mailbox,
+    ) -> Result<Option<PinnedAccount>, StoreError> {
+        let row = sqlx::query(
+            "SELECT object_id, account FROM mailboxes \
+             WHERE mailbox = $1 AND state <> $2 AND object_id IS NOT NULL",
+        )
+        .bind(mailbox.as_str())
+        .bind(ConnectionState::NotConnected)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| {
+            Ok(PinnedAccount {
+                object_id: row.try_get("object_id")?,
+                account: row.try_get("account")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Stores a completed sign-in: the mailbox is connected from now on.
     pub async fn save_connection(
         &self,
@@ -131,13 +171,14 @@ impl Store {
             "INSERT INTO mailboxes (mailbox, state, account, object_id, tenant_id, scopes, \
                access_token, access_token_expires_at, refresh_token, connected_at, \
                last_refreshed_at, last_error, last_error_source, token_generation, created_at, \
-               updated_at) \
-             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, $9, $9, NULL, NULL, 1, $9, $9) \
+               updated_at, sending_address) \
+             VALUES ($1, $10, $2, $3, $4, $5, $6, $7, $8, $9, $9, NULL, NULL, 1, $9, $9, $11) \
              ON CONFLICT (mailbox) DO UPDATE SET state = $10, account = $2, \
                object_id = $3, tenant_id = $4, scopes = $5, access_token = $6, \
                access_token_expires_at = $7, refresh_token = $8, connected_at = $9, \
                last_refreshed_at = $9, last_error = NULL, last_error_source = NULL, \
-               token_generation = mailboxes.token_generation + 1, updated_at = $9",
+               token_generation = mailboxes.token_generation + 1, updated_at = $9, \
+               sending_address = $11",
         )
         .bind(mailbox)
         .bind(&connection.account)
@@ -155,6 +196,7 @@ impl Store {
         ))
         .bind(now.timestamp_millis())
         .bind(ConnectionState::Connected)
+        .bind(connection.sending_address.as_deref())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -177,6 +219,27 @@ impl Store {
         .bind(mailbox.as_str())
         .bind(message)
         .bind(source)
+        .bind(now.timestamp_millis())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records that Exchange stopped the mailbox sending, until when, and why.
+    pub async fn pause_sending(
+        &self,
+        mailbox: &Mailbox,
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mailboxes SET paused_until = $2, pause_reason = $3, updated_at = $4 \
+             WHERE mailbox = $1",
+        )
+        .bind(mailbox.as_str())
+        .bind(until.timestamp_millis())
+        .bind(reason)
         .bind(now.timestamp_millis())
         .execute(self.pool())
         .await?;
@@ -251,6 +314,7 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE mailboxes SET state = $3, access_token = NULL, \
                access_token_expires_at = NULL, refresh_token = NULL, scopes = '', \
+               object_id = NULL, sending_address = NULL, \
                last_error = NULL, last_error_source = NULL, \
                token_generation = token_generation + 1, updated_at = $2 \
              WHERE mailbox = $1",
@@ -301,12 +365,13 @@ static RECORD_SENDS_KNOWN_ONLY: LazyLock<String> =
 const STATUS_SELECT: &str = "SELECT * FROM ( \
        SELECT m.mailbox, m.state, m.account, m.scopes, m.connected_at, \
          m.access_token_expires_at, m.last_refreshed_at, m.last_sent_at, m.last_error, \
-         m.sent_total, m.failed_total, \
+         m.sent_total, m.failed_total, m.sending_address, m.paused_until, m.pause_reason, \
          (SELECT COUNT(*) FROM pending_authorizations p \
            WHERE p.mailbox = m.mailbox AND p.expires_at > $1) AS pending \
        FROM mailboxes m \
        UNION ALL \
-       SELECT p.mailbox, $2, NULL, '', NULL, NULL, NULL, NULL, NULL, 0, 0, COUNT(*) \
+       SELECT p.mailbox, $2, NULL, '', NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, NULL, \
+         COUNT(*) \
        FROM pending_authorizations p \
        WHERE p.expires_at > $1 \
          AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.mailbox = p.mailbox) \
@@ -337,6 +402,10 @@ fn status_from_row(row: &AnyRow) -> Result<MailboxRecord, StoreError> {
         last_error: row.try_get("last_error")?,
         sent_total: u64::try_from(row.try_get::<i64, _>("sent_total")?).unwrap_or(0),
         failed_total: u64::try_from(row.try_get::<i64, _>("failed_total")?).unwrap_or(0),
+        sending_address: row.try_get("sending_address")?,
+        paused_until: time("paused_until")?,
+        pause_reason: row.try_get("pause_reason")?,
+        missing_scopes: Vec::new(),
     })
 }
 

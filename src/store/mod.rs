@@ -28,7 +28,7 @@ use sqlx::{
 
 pub use crypto::{KeyOrigin, TokenCipher};
 pub use idempotency::{Claim, IdempotencyRecord};
-pub use mailboxes::{MailboxRecord, NewConnection, SendTally};
+pub use mailboxes::{MailboxRecord, NewConnection, PinnedAccount, SendTally};
 pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};
 pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, UnknownState};
 pub use tokens::{RefreshedTokens, StoredTokens, TokenLock};

@@ -27,6 +27,8 @@ pub struct StoredTokens {
     pub last_refreshed_at: Option<DateTime<Utc>>,
     /// Increases with every write of tokens; tells a waiter whether someone else refreshed.
     pub generation: i64,
+    /// The address mail goes out from, when Graph told it at Connect.
+    pub sending_address: Option<String>,
 }
 
 /// Tokens returned by a refresh.
@@ -139,7 +141,7 @@ where
 {
     let row = sqlx::query(
         "SELECT state, access_token, access_token_expires_at, refresh_token, scopes, \
-           last_refreshed_at, token_generation \
+           last_refreshed_at, token_generation, sending_address \
          FROM mailboxes WHERE mailbox = $1",
     )
     .bind(mailbox.as_str())
@@ -168,6 +170,7 @@ where
             .try_get::<Option<i64>, _>("last_refreshed_at")?
             .map(from_millis),
         generation: row.try_get("token_generation")?,
+        sending_address: row.try_get("sending_address")?,
     }))
 }
 

@@ -124,6 +124,28 @@ pub enum SendError {
     )]
     MailboxNotEnabled { mailbox: Mailbox },
 
+    /// Graph rejected a token that was just refreshed: the grant no longer works for Graph.
+    #[error(
+        "Microsoft Graph rejected {mailbox}'s freshly refreshed access token (401 twice): the \
+         connection no longer works for Graph; call Connect again for {mailbox} (with \
+         force_consent if permissions changed)"
+    )]
+    TokenRejected { mailbox: Mailbox },
+
+    /// Exchange has stopped the mailbox sending; its sends are held back until `paused_until`.
+    #[error(
+        "Exchange has stopped {mailbox} sending ({code}: {message}); graph-mailer holds its sends \
+         back until {} — check the mailbox's sending limits or restriction in the Microsoft 365 \
+         admin center",
+        paused_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )]
+    SendingBlocked {
+        mailbox: Mailbox,
+        code: String,
+        message: String,
+        paused_until: DateTime<Utc>,
+    },
+
     /// The mailbox is over its storage quota.
     #[error(
         "{mailbox}'s mailbox is full (ErrorQuotaExceeded): free space in it or raise its quota, \
@@ -212,6 +234,9 @@ impl SendError {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             Self::MailboxBusy { .. } => Some(Duration::from_secs(5)),
+            Self::SendingBlocked { paused_until, .. } => {
+                Some((*paused_until - Utc::now()).to_std().unwrap_or_default())
+            }
             Self::Token(TokenError::Unavailable { .. }) => Some(Duration::from_secs(30)),
             _ => None,
         }

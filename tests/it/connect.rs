@@ -50,9 +50,12 @@ async fn the_authorization_url_carries_every_parameter_microsoft_needs() {
         q["redirect_uri"],
         format!("{}/oauth2/callback", app.http_base)
     );
+    // Scopes name the Graph the service talks to (here the fake's origin), and User.Read
+    // lets it read who signed in.
+    let graph = &ms.graph.base_url;
     assert_eq!(
         q["scope"],
-        "openid profile email offline_access https://graph.microsoft.com/Mail.Send"
+        format!("openid profile email offline_access {graph}/Mail.Send {graph}/User.Read")
     );
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["code_challenge"].len(), 43, "a base64url SHA-256");
@@ -163,8 +166,9 @@ async fn signing_in_as_another_account_is_refused_with_instructions_and_nothing_
     ms.identity.sign_in_as("admin@contoso.com");
     let (status, page) = app.connect_mailbox(MAILBOX).await;
     assert_eq!(status, 403);
-    let expected = "You signed in as admin@contoso.com, but this link connects noreply@contoso.com. Sign out of \
-                    Microsoft (or use a private window), open the link again and sign in as noreply@contoso.com.";
+    let expected = "You signed in as admin@contoso.com, which is neither noreply@contoso.com nor one \
+                    of its addresses. Sign out of Microsoft (or use a private window), open the link \
+                    again and sign in as the owner of noreply@contoso.com.";
     assert!(page.contains(expected), "{page}");
     assert!(!stored_tokens(&app).await);
     assert_eq!(

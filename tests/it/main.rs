@@ -15,6 +15,8 @@ mod operations;
 mod postgres_tls;
 mod process;
 mod properties;
+mod real_graph;
+mod real_identity;
 mod refresh;
 mod send;
 mod tls;

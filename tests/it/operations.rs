@@ -390,7 +390,11 @@ fn callers_file(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
-fn settings_for(ms: &Microsoft, data_dir: &std::path::Path, extra: &[(&str, String)]) -> Settings {
+pub(crate) fn settings_for(
+    ms: &Microsoft,
+    data_dir: &std::path::Path,
+    extra: &[(&str, String)],
+) -> Settings {
     let expires = (chrono::Utc::now() + chrono::Duration::days(365))
         .format("%Y-%m-%d")
         .to_string();
@@ -411,7 +415,7 @@ fn settings_for(ms: &Microsoft, data_dir: &std::path::Path, extra: &[(&str, Stri
     Settings::from_raw(raw::load(None, env).unwrap().0).unwrap()
 }
 
-fn outcome_of(report: &check::Report, name: &str) -> Outcome {
+pub(crate) fn outcome_of(report: &check::Report, name: &str) -> Outcome {
     report
         .checks
         .iter()
