@@ -15,7 +15,7 @@ ALTER TABLE mailboxes ADD COLUMN token_lease_until BIGINT;
 -- request in flight holds one of these slots, with an expiry in case its holder dies.
 CREATE TABLE mailbox_slots (
     mailbox    TEXT NOT NULL,
-    slot       INTEGER NOT NULL,
+    slot       BIGINT NOT NULL,
     holder     TEXT NOT NULL,
     expires_at BIGINT NOT NULL,
     PRIMARY KEY (mailbox, slot)

@@ -58,33 +58,11 @@ struct UploadSession {
     upload_url: String,
 }
 
-/// A page of messages; only whether it is empty matters here.
-#[derive(Debug, Deserialize)]
-struct MessageList {
-    #[serde(default)]
-    value: Vec<serde_json::Value>,
-}
-
-/// The signed-in user as `GET /me` describes them.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct SignedInUser {
-    /// The object id (the id_token's `oid`).
-    pub id: String,
-    /// The primary SMTP address; null for a user without a mailbox.
-    #[serde(default)]
-    pub mail: Option<String>,
-    pub user_principal_name: String,
-    /// `SMTP:` the primary address, `smtp:` the aliases (and other types such as `SIP:`).
-    #[serde(default)]
-    pub proxy_addresses: Vec<String>,
-}
-
 /// Calls `{graph}/v1.0/me/…` as the signed-in user.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
-    base: Url,
+    pub(super) http: reqwest::Client,
+    pub(super) base: Url,
     /// Parsed once: `POST /me/sendMail` is on every message's path.
     send_mail_url: Url,
 }
@@ -116,7 +94,7 @@ impl GraphClient {
             .build()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!(
             "{}/v1.0/me/{path}",
             self.base.as_str().trim_end_matches('/')
@@ -176,47 +154,6 @@ impl GraphClient {
         self.execute("addAttachment", authorized(request, token, request_id))
             .await?;
         Ok(())
-    }
-
-    /// Whether Sent Items holds a message whose `internetMessageId` is `marker`
-    /// (`GET /me/mailFolders/sentitems/messages?$filter=internetMessageId eq '…'`; needs
-    /// `Mail.ReadBasic`, `Mail.Read` or `Mail.ReadWrite`).
-    pub async fn is_in_sent_items(
-        &self,
-        token: &SecretString,
-        marker: &str,
-        request_id: &str,
-    ) -> Result<bool, GraphCallError> {
-        let mut url = Url::parse(&self.url("mailFolders/sentitems/messages"))
-            .map_err(|e| GraphCallError::NotSent(e.to_string()))?;
-        // OData string literals double their single quotes.
-        let filter = format!("internetMessageId eq '{}'", marker.replace('\'', "''"));
-        url.query_pairs_mut()
-            .append_pair("$filter", &filter)
-            .append_pair("$select", "id")
-            .append_pair("$top", "1");
-        let request = self.http.get(url);
-        let response = self
-            .execute("findSentItem", authorized(request, token, request_id))
-            .await?;
-        let found: MessageList = parse(response).await?;
-        Ok(!found.value.is_empty())
-    }
-
-    /// `GET /me?$select=id,mail,userPrincipalName,proxyAddresses`: the signed-in user (needs
-    /// `User.Read`).
-    pub async fn me(&self, token: &SecretString) -> Result<SignedInUser, GraphCallError> {
-        let request = self
-            .http
-            .get(format!(
-                "{}/v1.0/me",
-                self.base.as_str().trim_end_matches('/')
-            ))
-            .query(&[("$select", "id,mail,userPrincipalName,proxyAddresses")]);
-        let response = self
-            .execute("me", request.bearer_auth(token.expose_secret()))
-            .await?;
-        parse(response).await
     }
 
     /// `POST /me/messages/{id}/attachments/createUploadSession`: returns the upload URL.
@@ -303,7 +240,7 @@ impl GraphClient {
         Ok(())
     }
 
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         endpoint: &'static str,
         request: reqwest::RequestBuilder,
@@ -324,7 +261,7 @@ impl GraphClient {
     }
 }
 
-fn authorized(
+pub(super) fn authorized(
     request: reqwest::RequestBuilder,
     token: &SecretString,
     request_id: &str,
@@ -335,7 +272,7 @@ fn authorized(
         .header("return-client-request-id", "true")
 }
 
-async fn parse<T: for<'de> Deserialize<'de>>(
+pub(super) async fn parse<T: for<'de> Deserialize<'de>>(
     response: reqwest::Response,
 ) -> Result<T, GraphCallError> {
     let bytes = response

@@ -33,6 +33,46 @@ pub(super) fn write_send_mail(
     let _ = serde_json::to_writer(writer, &body);
 }
 
+/// The JSON sendMail body's size, measured without building it.
+pub(super) fn send_mail_len(message: &OutgoingMessage, internet_message_id: &str) -> usize {
+    let mut counter = ByteCounter(0);
+    write_send_mail(
+        &mut counter,
+        message,
+        message.attachments(),
+        internet_message_id,
+    );
+    counter.0
+}
+
+/// Bytes written, nothing kept.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The body of `createUploadSession`.
+pub fn upload_session_body(attachment: &Attachment) -> Bytes {
+    let body = serde_json::json!({
+        "AttachmentItem": {
+            "attachmentType": "file",
+            "name": attachment.filename,
+            "size": attachment.content.len(),
+            "contentType": attachment.content_type,
+            "isInline": attachment.is_inline(),
+            "contentId": attachment.content_id,
+        }
+    });
+    Bytes::from(body.to_string())
+}
+
 /// The JSON body of `POST /me/messages` (a draft).
 pub fn json_draft(
     message: &OutgoingMessage,

@@ -11,13 +11,12 @@
 //!
 //! Sizes are measured before anything is serialised, so each body is built once.
 
-use std::io;
-
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-pub use super::json::{json_draft, json_file_attachment, json_send_mail};
+use super::json::send_mail_len;
+pub use super::json::{json_draft, json_file_attachment, json_send_mail, upload_session_body};
 use crate::{
     domain::{Attachment, Mailbox, OutgoingMessage, ValidationError, human_bytes},
     mime::{self, AttachmentSelection, Envelope},
@@ -141,7 +140,8 @@ pub fn plan(
             if base64_len(raw.len()) <= MAX_REQUEST_BODY {
                 return Ok(Plan::Direct(Payload::Mime(encode(&raw))));
             }
-        } else if json_len(message, from, message_id) <= MAX_REQUEST_BODY {
+        } else if send_mail_len(message, &internet_message_id(message_id, from)) <= MAX_REQUEST_BODY
+        {
             return Ok(Plan::Direct(Payload::Json(json_send_mail(
                 message,
                 message.attachments(),
@@ -206,52 +206,12 @@ fn body_too_large(message: &OutgoingMessage, request_bytes: usize) -> Validation
     )
 }
 
-/// The JSON sendMail body's size, measured without building it.
-fn json_len(message: &OutgoingMessage, from: &Mailbox, message_id: &str) -> usize {
-    let mut counter = ByteCounter(0);
-    super::json::write_send_mail(
-        &mut counter,
-        message,
-        message.attachments(),
-        &internet_message_id(message_id, from),
-    );
-    counter.0
-}
-
-/// Bytes written, nothing kept.
-struct ByteCounter(usize);
-
-impl io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn base64_len(raw: usize) -> usize {
     raw.div_ceil(3) * 4
 }
 
 fn encode(raw: &[u8]) -> Bytes {
     Bytes::from(STANDARD.encode(raw))
-}
-
-/// The body of `createUploadSession`.
-pub fn upload_session_body(attachment: &Attachment) -> Bytes {
-    let body = serde_json::json!({
-        "AttachmentItem": {
-            "attachmentType": "file",
-            "name": attachment.filename,
-            "size": attachment.content.len(),
-            "contentType": attachment.content_type,
-            "isInline": attachment.is_inline(),
-            "contentId": attachment.content_id,
-        }
-    });
-    Bytes::from(body.to_string())
 }
 
 #[cfg(test)]
@@ -407,7 +367,8 @@ mod tests {
     fn the_measured_size_is_the_size_sent_and_the_marker_travels() {
         let message = OutgoingMessage::new(parts(), 1 << 20).unwrap();
         let sent = json_send_mail(&message, &[], &internet_message_id("m-1", &from()));
-        assert_eq!(json_len(&message, &from(), "m-1"), sent.len());
+        let marker = internet_message_id("m-1", &from());
+        assert_eq!(send_mail_len(&message, &marker), sent.len());
         let json: Value = serde_json::from_slice(&sent).unwrap();
         assert_eq!(json["message"]["internetMessageId"], "<m-1@contoso.com>");
     }

@@ -3,7 +3,8 @@
 //! - [`client`]: the one HTTP client of the identity platform (authorize URL, token endpoint).
 //! - [`connect`]: Connect from link to stored connection; `sign_in` verifies who signed in,
 //!   with the [`directory`] (Graph's `/me`).
-//! - [`token_manager`]: the refresh engine; [`token_upkeep`] its background pass.
+//! - [`token_manager`]: the refresh engine (one refresh: `refresh`); [`token_upkeep`] its
+//!   background pass.
 //! - [`secret`]: the client secret, rotatable without a restart, and its expiry.
 //! - [`error`]: Microsoft's error bodies and what each code means.
 
@@ -12,6 +13,7 @@ pub(crate) mod connect;
 pub(crate) mod directory;
 pub(crate) mod error;
 pub(crate) mod id_token;
+mod refresh;
 pub(crate) mod secret;
 mod sign_in;
 mod token_cache;

@@ -2,10 +2,13 @@
 //! at a time, the rotated refresh token stored before the new access token is used.
 //!
 //! - **Single flight.** Callers that find a token about to expire queue on a per-mailbox lock;
-//!   the first refreshes, the others re-read the store and find the fresh token. On PostgreSQL
-//!   the store adds a cross-replica lock, so replicas refresh once between them.
+//!   the first refreshes, the others re-read the store and find the fresh token. Across
+//!   replicas the store's token lease does the same, without holding a transaction or a
+//!   connection while Microsoft answers.
 //! - **Rotation.** Every refresh returns a new refresh token; it replaces the old one in the
-//!   same write as the access token, committed before anyone uses either.
+//!   same write as the access token (retried if the database hiccups), stored before anyone
+//!   uses either. The write is a compare-and-set on the tokens' generation: a refresh that
+//!   ends after a new Connect never overwrites it.
 //! - **Failure classes.** A dead grant marks the mailbox REAUTHORIZATION_REQUIRED; a bad secret
 //!   is a configuration error; outages are retried with jittered backoff while the old token,
 //!   if still valid, keeps being served.
@@ -15,22 +18,19 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use super::{
-    IdentityClient, TokenGrant, TokenRequestError, error::ErrorClass, token_cache::TokenCache,
-};
+use super::{IdentityClient, token_cache::TokenCache};
 use crate::{
     clock::SharedClock,
     domain::Mailbox,
-    metrics,
-    retry::{Backoff, Decision, retry},
+    retry::Backoff,
     settings::TokenSettings,
-    store::{ConnectionState, ErrorSource, RefreshedTokens, Store, StoreError, StoredTokens},
+    store::{ConnectionState, Store, StoreError, StoredTokens},
 };
 
 /// A usable access token.
@@ -47,7 +47,7 @@ pub struct AccessToken {
 }
 
 impl AccessToken {
-    fn from_stored(tokens: &StoredTokens) -> Self {
+    pub(super) fn from_stored(tokens: &StoredTokens) -> Self {
         Self {
             secret: tokens.access_token.clone(),
             expires_at: tokens.access_token_expires_at,
@@ -117,10 +117,10 @@ pub const REFRESH_BACKOFF: Backoff = Backoff {
 #[derive(Debug)]
 pub struct TokenManager {
     pub(super) store: Store,
-    identity: Arc<IdentityClient>,
+    pub(super) identity: Arc<IdentityClient>,
     pub(super) clock: SharedClock,
     pub(super) settings: TokenSettings,
-    retry: Backoff,
+    pub(super) retry: Backoff,
     flights: Mutex<HashMap<Mailbox, Arc<tokio::sync::Mutex<()>>>>,
     cache: TokenCache,
 }
@@ -212,7 +212,7 @@ impl TokenManager {
         }
     }
 
-    async fn connected_tokens(
+    pub(super) async fn connected_tokens(
         &self,
         mailbox: &Mailbox,
         tokens: Option<StoredTokens>,
@@ -238,187 +238,8 @@ impl TokenManager {
         }
     }
 
-    fn flight(&self, mailbox: &Mailbox) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn flight(&self, mailbox: &Mailbox) -> Arc<tokio::sync::Mutex<()>> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         flights.entry(mailbox.clone()).or_default().clone()
-    }
-
-    pub(super) async fn refresh(
-        &self,
-        mailbox: &Mailbox,
-        need: Need,
-    ) -> Result<AccessToken, TokenError> {
-        let flight = self.flight(mailbox);
-        let _in_flight = flight.lock().await;
-        let mut lock = self.store.lock_tokens(mailbox).await?;
-        let tokens = match lock.tokens().await {
-            Ok(tokens) => tokens,
-            Err(error) => {
-                lock.release().await?;
-                return Err(error.into());
-            }
-        };
-        let tokens = match self.connected_tokens(mailbox, tokens).await {
-            Ok(tokens) => tokens,
-            Err(error) => {
-                lock.release().await?;
-                return Err(error);
-            }
-        };
-        if !self.needs_refresh(&tokens, need) {
-            // Someone (here or on another replica) refreshed while we waited.
-            lock.release().await?;
-            return Ok(AccessToken::from_stored(&tokens));
-        }
-        let result = self
-            .request_with_retries(&tokens.refresh_token, &tokens.scopes)
-            .await;
-        let now = self.clock.now();
-        match result {
-            Ok(grant) => {
-                let refreshed = self.refreshed_tokens(mailbox, grant, &tokens);
-                lock.save_refreshed(&refreshed, now).await?;
-                lock.release().await?;
-                metrics::token_refresh("success");
-                tracing::info!(mailbox_domain = mailbox.domain(), "access token refreshed");
-                let generation = tokens.generation + 1;
-                Ok(AccessToken {
-                    secret: refreshed.access_token,
-                    expires_at: refreshed.access_token_expires_at,
-                    scopes: refreshed.scopes.unwrap_or(tokens.scopes),
-                    generation,
-                    sending_address: tokens.sending_address,
-                })
-            }
-            Err(error) => {
-                lock.release().await?;
-                self.refresh_failed(mailbox, &tokens, error, need).await
-            }
-        }
-    }
-
-    fn refreshed_tokens(
-        &self,
-        mailbox: &Mailbox,
-        grant: TokenGrant,
-        old: &StoredTokens,
-    ) -> RefreshedTokens {
-        let refresh_token = grant.refresh_token.unwrap_or_else(|| {
-            // Microsoft always rotates; keep the old one rather than lose the connection.
-            tracing::warn!(
-                mailbox_domain = mailbox.domain(),
-                "refresh returned no new refresh token; keeping the old one"
-            );
-            old.refresh_token.clone()
-        });
-        RefreshedTokens {
-            access_token: grant.access_token,
-            access_token_expires_at: self.clock.now() + grant.expires_in,
-            refresh_token,
-            scopes: grant.scopes.map(|scopes| {
-                let mut scopes = self.identity.scopes().short_names(&scopes);
-                if !scopes.iter().any(|s| s == "offline_access") {
-                    scopes.push("offline_access".into());
-                }
-                scopes
-            }),
-        }
-    }
-
-    /// Redeems the refresh token, retrying outages and throttling with the refresh backoff.
-    async fn request_with_retries(
-        &self,
-        refresh_token: &SecretString,
-        granted: &[String],
-    ) -> Result<TokenGrant, TokenRequestError> {
-        retry(
-            &self.retry,
-            Instant::now(),
-            || self.identity.refresh(refresh_token, granted),
-            |error: &TokenRequestError| match error.class() {
-                ErrorClass::Transient => Decision::Retry { retry_after: None },
-                _ => Decision::Stop,
-            },
-            |error, _, delay| {
-                tracing::warn!(
-                    error = crate::telemetry::redact_addresses(&error.to_string()),
-                    delay_ms = delay.as_millis() as u64,
-                    "token refresh failed; retrying"
-                );
-                metrics::token_refresh("retried");
-            },
-        )
-        .await
-        .map_err(|gave_up| gave_up.error)
-    }
-
-    async fn refresh_failed(
-        &self,
-        mailbox: &Mailbox,
-        old: &StoredTokens,
-        error: TokenRequestError,
-        need: Need,
-    ) -> Result<AccessToken, TokenError> {
-        let now = self.clock.now();
-        let aadsts = match &error {
-            TokenRequestError::Microsoft(e) => e.code(),
-            _ => None,
-        };
-        let advice = match &error {
-            TokenRequestError::Microsoft(e) => {
-                e.advice(mailbox.as_str(), self.identity.redirect_uri())
-            }
-            other => format!("{other} — the service keeps retrying"),
-        };
-        tracing::error!(
-            mailbox_domain = mailbox.domain(),
-            error = crate::telemetry::redact_addresses(&error.to_string()),
-            "token refresh failed"
-        );
-        match error.class() {
-            ErrorClass::ReauthorizationRequired
-            | ErrorClass::Declined
-            | ErrorClass::CodeRejected => {
-                metrics::token_refresh("reauthorization_required");
-                self.store
-                    .mark_reauthorization_required(mailbox, &advice, now)
-                    .await?;
-                Err(TokenError::ReauthorizationRequired {
-                    mailbox: mailbox.clone(),
-                    aadsts,
-                    advice,
-                })
-            }
-            ErrorClass::Configuration | ErrorClass::ClientSecret => {
-                metrics::token_refresh("configuration_error");
-                self.store
-                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
-                    .await?;
-                Err(TokenError::Configuration { aadsts, advice })
-            }
-            ErrorClass::ClientBug => {
-                metrics::token_refresh("client_error");
-                self.store
-                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
-                    .await?;
-                Err(TokenError::Bug { advice })
-            }
-            ErrorClass::Transient | ErrorClass::Unknown => {
-                metrics::token_refresh("transient_error");
-                self.store
-                    .set_last_error(mailbox, ErrorSource::Token, &advice, now)
-                    .await?;
-                let still_valid = old.access_token_expires_at - now > chrono::Duration::seconds(30);
-                if still_valid && !matches!(need, Need::Replace { .. }) {
-                    tracing::warn!(
-                        mailbox_domain = mailbox.domain(),
-                        "serving the old access token while Microsoft is unavailable"
-                    );
-                    Ok(AccessToken::from_stored(old))
-                } else {
-                    Err(TokenError::Unavailable { advice })
-                }
-            }
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! engine, Connect, Graph transport), the callers and the audit log. `check` wires the same
 //! parts to test them.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 
@@ -14,7 +14,7 @@ use crate::{
     oauth::{ClientSecretProvider, ConnectFlow, IdentityClient, TokenManager},
     retry::Backoff,
     settings::{AzureSettings, Settings},
-    store::{KeyOrigin, Store, TokenCipher},
+    store::{Backend, KeyOrigin, Store, TokenCipher},
     transport::SharedTransport,
     variables,
 };
@@ -117,15 +117,24 @@ pub(crate) fn wire_microsoft(
         clock.clone(),
         audit,
     ));
+    let mut limiter = MailboxLimiter::new(
+        settings.graph.mailbox_concurrency,
+        settings.graph.concurrency_wait,
+    );
+    if store.backend() == Backend::Postgres {
+        // Replicas share Outlook's per-mailbox limit; a slot of a replica that died frees up
+        // once any request it could have been making would have timed out.
+        limiter = limiter.shared_through(
+            store.clone(),
+            settings.graph.request_timeout + Duration::from_secs(10),
+        );
+    }
     let transport: SharedTransport = Arc::new(GraphTransport::new(
         graph,
         tokens.clone(),
         clock.clone(),
         &settings.graph,
-        MailboxLimiter::new(
-            settings.graph.mailbox_concurrency,
-            settings.graph.concurrency_wait,
-        ),
+        limiter,
     ));
     tracing::info!(
         tenant = %azure.tenant,

@@ -6,15 +6,19 @@
 //! start-up. Times are stored as Unix milliseconds.
 //!
 //! This file opens the store, migrates it and checks the encryption key. Each table family
-//! has a file of its own, an `impl Store` with its SQL: [`mailboxes`] (status and counters),
-//! [`sign_ins`] (pending sign-in links), [`idempotency`] (idempotency keys) and [`tokens`]
-//! (a mailbox's tokens under a cross-replica lock). [`states`] holds the states kept as text.
+//! has a file of its own, an `impl Store` with its SQL: [`mailboxes`] (connections, counters),
+//! [`status`] (what Status reads),
+//! [`sign_ins`] (pending sign-in links), [`idempotency`] (idempotency keys), [`tokens`]
+//! (a mailbox's tokens, written with a compare-and-set) and [`leases`] (the token lease and
+//! the mailbox request slots replicas share). [`states`] holds the states kept as text.
 
 pub(crate) mod crypto;
 pub(crate) mod idempotency;
+pub(crate) mod leases;
 pub(crate) mod mailboxes;
 pub(crate) mod sign_ins;
 pub(crate) mod states;
+pub(crate) mod status;
 pub(crate) mod tokens;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -28,10 +32,12 @@ use sqlx::{
 
 pub use crypto::{KeyOrigin, TokenCipher};
 pub use idempotency::{Claim, IdempotencyRecord};
-pub use mailboxes::{MailboxRecord, NewConnection, PinnedAccount, SendTally};
+pub use leases::{MailboxSlot, TOKEN_LEASE, TokenLease};
+pub use mailboxes::{NewConnection, PinnedAccount, SendTally};
 pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};
 pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, UnknownState};
-pub use tokens::{RefreshedTokens, StoredTokens, TokenLock};
+pub use status::MailboxRecord;
+pub use tokens::{RefreshedTokens, Saved, StoredTokens};
 
 use crate::{settings::DatabaseUrl, variables};
 
@@ -71,6 +77,11 @@ pub enum StoreError {
     WrongKey,
     #[error("{0}")]
     Key(#[from] crypto::KeyError),
+    #[error(
+        "another replica has held {mailbox}'s tokens for longer than a refresh may take; try \
+         again in a minute"
+    )]
+    LeaseBusy { mailbox: String },
     #[error("the stored tokens of {0} cannot be decrypted; call Connect again for this mailbox")]
     Undecryptable(String),
     #[error("the {table} row of {key} is unreadable: its {column} column holds {source}")]

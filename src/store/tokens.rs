@@ -1,18 +1,16 @@
-//! Reading and rewriting a mailbox's tokens, under a lock that spans replicas.
+//! Reading and rewriting a mailbox's tokens.
 //!
-//! In one process the refresh engine's single flight already serialises refreshes. Several
-//! replicas on PostgreSQL also take a per-mailbox transaction-scoped advisory lock, so a replica
-//! that waited re-reads the token the other one stored instead of refreshing again (which would
-//! race two refresh-token rotations). SQLite is one process's file and needs no more.
+//! Refreshes are serialised by the token lease ([`super::leases`]): a replica that waited
+//! re-reads the token the other one stored instead of refreshing again. The rotated tokens are
+//! written with a compare-and-set on the generation, so a refresh that finishes after a new
+//! Connect (or a Disconnect) never overwrites it.
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
-use sqlx::{Any, Executor, Row, Transaction};
-
 use secrecy::SecretString;
+use sqlx::{Any, Executor, Row};
 
 use super::{
-    Backend, ConnectionState, ErrorSource, Store, StoreError, mailboxes::split_scopes, state_column,
+    ConnectionState, ErrorSource, Store, StoreError, mailboxes::split_scopes, state_column,
 };
 use crate::{clock::from_millis, domain::Mailbox};
 
@@ -41,11 +39,13 @@ pub struct RefreshedTokens {
     pub scopes: Option<Vec<String>>,
 }
 
-/// Exclusive access to one mailbox's tokens until [`TokenLock::release`].
-pub struct TokenLock<'s> {
-    store: &'s Store,
-    mailbox: Mailbox,
-    transaction: Option<Transaction<'static, Any>>,
+/// What became of a refresh's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// The tokens are stored.
+    Stored,
+    /// Someone wrote the tokens since they were read (a Connect, a Disconnect): nothing stored.
+    Superseded,
 }
 
 impl Store {
@@ -54,80 +54,49 @@ impl Store {
         read_tokens(self, self.pool(), mailbox).await
     }
 
-    /// Locks the mailbox's tokens against other replicas (PostgreSQL) until released.
-    pub async fn lock_tokens(&self, mailbox: &Mailbox) -> Result<TokenLock<'_>, StoreError> {
-        let transaction = match self.backend() {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let mut tx = self.pool().begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(lock_id(mailbox))
-                    .execute(&mut *tx)
-                    .await?;
-                Some(tx)
-            }
-        };
-        Ok(TokenLock {
-            store: self,
-            mailbox: mailbox.clone(),
-            transaction,
-        })
-    }
-}
-
-impl TokenLock<'_> {
-    /// The tokens as stored now (another replica may have just refreshed them).
-    pub async fn tokens(&mut self) -> Result<Option<StoredTokens>, StoreError> {
-        match self.transaction.as_mut() {
-            Some(tx) => read_tokens(self.store, &mut **tx, &self.mailbox).await,
-            None => read_tokens(self.store, self.store.pool(), &self.mailbox).await,
-        }
-    }
-
-    /// Stores a refresh's result: the rotated refresh token replaces the old one.
+    /// Stores a refresh's result (the rotated refresh token replaces the old one) if the tokens
+    /// are still those of generation `read_generation`.
     pub async fn save_refreshed(
-        &mut self,
+        &self,
+        mailbox: &Mailbox,
         tokens: &RefreshedTokens,
+        read_generation: i64,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mailbox = self.mailbox.as_str();
-        let cipher = self.store.cipher();
-        let query = sqlx::query(
+    ) -> Result<Saved, StoreError> {
+        let address = mailbox.as_str();
+        let cipher = self.cipher();
+        let updated = sqlx::query(
             "UPDATE mailboxes SET access_token = $2, access_token_expires_at = $3, \
                refresh_token = $4, scopes = COALESCE($5, scopes), last_refreshed_at = $6, \
                token_generation = token_generation + 1, updated_at = $6, \
                last_error = CASE WHEN last_error_source = $7 THEN NULL ELSE last_error END, \
                last_error_source = CASE WHEN last_error_source = $7 THEN NULL \
                                         ELSE last_error_source END \
-             WHERE mailbox = $1 AND state = $8",
+             WHERE mailbox = $1 AND state = $8 AND token_generation = $9",
         )
-        .bind(mailbox)
+        .bind(address)
         .bind(cipher.seal(
-            &token_context(mailbox, "access_token"),
+            &token_context(address, "access_token"),
             &tokens.access_token,
         ))
         .bind(tokens.access_token_expires_at.timestamp_millis())
         .bind(cipher.seal(
-            &token_context(mailbox, "refresh_token"),
+            &token_context(address, "refresh_token"),
             &tokens.refresh_token,
         ))
         .bind(tokens.scopes.as_ref().map(|s| s.join(" ")))
         .bind(now.timestamp_millis())
         .bind(ErrorSource::Token)
-        .bind(ConnectionState::Connected);
-        match self.transaction.as_mut() {
-            Some(tx) => query.execute(&mut **tx).await?,
-            None => query.execute(self.store.pool()).await?,
-        };
-        Ok(())
-    }
-
-    /// Commits what was saved and lets other replicas in.
-    pub async fn release(self) -> Result<(), StoreError> {
-        if let Some(tx) = self.transaction {
-            tx.commit().await?;
-        }
-        Ok(())
+        .bind(ConnectionState::Connected)
+        .bind(read_generation)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(if updated == 1 {
+            Saved::Stored
+        } else {
+            Saved::Superseded
+        })
     }
 }
 
@@ -172,14 +141,6 @@ where
         generation: row.try_get("token_generation")?,
         sending_address: row.try_get("sending_address")?,
     }))
-}
-
-/// A stable 64-bit advisory lock id per mailbox.
-fn lock_id(mailbox: &Mailbox) -> i64 {
-    let digest = Sha256::digest(format!("graph-mailer:{mailbox}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
 }
 
 pub(crate) fn token_context(mailbox: &str, column: &str) -> String {

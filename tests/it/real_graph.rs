@@ -337,3 +337,35 @@ async fn two_replicas_on_postgres_keep_to_four_requests_per_mailbox_between_them
     );
     assert!(ms.graph.max_in_flight() <= 4);
 }
+
+#[tokio::test]
+async fn a_503_while_preparing_a_draft_is_still_retried() {
+    let ms = Microsoft::start().await;
+    let app = connected_app(
+        &ms,
+        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
+    )
+    .await;
+    // Nothing is sent by creating a draft or adding an attachment: safe to repeat.
+    ms.graph.script(
+        "createDraft",
+        [Scripted::Fail {
+            status: 503,
+            code: "ServiceUnavailable",
+            retry_after: Some("1".into()),
+        }],
+    );
+    ms.graph
+        .script("addAttachment", [Scripted::error(504, "GatewayTimeout")]);
+    let request = proto::SendMailRequest {
+        attachments: vec![
+            attachment("big.bin", "", bytes(3 * 1024 * 1024), ""),
+            attachment("small.txt", "text/plain", b"hello".to_vec(), ""),
+        ],
+        ..simple_message(MAILBOX)
+    };
+    app.client().send_mail(request).await.unwrap();
+    assert_eq!(ms.graph.requests("createDraft"), 2);
+    assert_eq!(ms.graph.requests("addAttachment"), 2);
+    assert_eq!(ms.graph.delivered()[0].attachments.len(), 2);
+}

@@ -16,11 +16,14 @@ use tonic::Code;
 use crate::{
     operations::{outcome_of, settings_for},
     support::{
-        MAILBOX, Microsoft, TestApp, connected_app,
+        MAILBOX, Microsoft, TestApp,
+        binary::Service,
+        cloud_proxy::CloudProxy,
+        connected_app,
         fake_graph::Scripted,
-        fake_identity::{Fault, TENANT, User},
+        fake_identity::{CLIENT_ID, CLIENT_SECRET, Fault, TENANT, User},
         postgres::TestDatabase,
-        simple_message,
+        sign_in_link, simple_message,
     },
 };
 
@@ -367,4 +370,65 @@ async fn a_connect_during_a_slow_refresh_is_not_overwritten_by_it() {
         .send_mail(simple_message(MAILBOX))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_us_government_cloud_deployment_gets_tokens_for_its_own_graph_end_to_end() {
+    let ms = Microsoft::start().await;
+    let (authority, graph) = ("login.microsoftonline.us", "graph.microsoft.us");
+    ms.identity.set_graph_resource(&format!("http://{graph}"));
+    ms.identity
+        .set_issuer(&format!("http://{authority}/{TENANT}/v2.0"));
+    let proxy = CloudProxy::start(&[
+        (authority, ms.identity.base_url.clone()),
+        (graph, ms.graph.base_url.clone()),
+    ])
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::spawn_with_process_env(
+        data.path(),
+        &[
+            ("TENANT_ID", TENANT.to_owned()),
+            ("CLIENT_ID", CLIENT_ID.to_owned()),
+            ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+            ("AUTHORITY_URL", format!("http://{authority}")),
+            ("GRAPH_URL", format!("http://{graph}")),
+            ("ALLOW_UNAUTHENTICATED", "true".to_owned()),
+        ],
+        &[("HTTP_PROXY", proxy.url.clone())],
+    );
+    ms.identity.register_redirect_uri(&format!(
+        "http://127.0.0.1:{}/oauth2/callback",
+        service.http_port
+    ));
+    service.wait_ready().await;
+    let mut client = service.client().await;
+    let link = sign_in_link(&mut client, MAILBOX).await;
+    assert!(
+        link.starts_with(&format!("http://{authority}/{TENANT}/")),
+        "{link}"
+    );
+    let scope = url::Url::parse(&link)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(
+        scope.contains("http://graph.microsoft.us/Mail.Send"),
+        "{scope}"
+    );
+    assert!(!scope.contains("graph.microsoft.com"), "{scope}");
+    let browser = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&proxy.url).unwrap())
+        .build()
+        .unwrap();
+    let page = browser.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{}", page.text().await.unwrap());
+    client.send_mail(simple_message(MAILBOX)).await.unwrap();
+    assert_eq!(ms.graph.delivered().len(), 1);
+    let seen = proxy.hosts_seen();
+    for host in [authority, graph] {
+        assert!(seen.iter().any(|h| h == host), "{host} in {seen:?}");
+    }
 }

@@ -49,6 +49,16 @@ impl Service {
 
     /// Starts the binary on `data_dir`.
     pub fn spawn_in(data_dir: &Path, env: &[(&str, String)]) -> Self {
+        Self::spawn_with_process_env(data_dir, env, &[])
+    }
+
+    /// Starts the binary on `data_dir` with variables outside graph-mailer's own as well
+    /// (such as `HTTP_PROXY`), named in full.
+    pub fn spawn_with_process_env(
+        data_dir: &Path,
+        env: &[(&str, String)],
+        process_env: &[(&str, String)],
+    ) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let mut command = Command::new(BINARY);
         command
@@ -65,6 +75,9 @@ impl Service {
             .stderr(Stdio::piped());
         for (name, value) in env {
             command.env(format!("GRAPH_MAILER_{name}"), value);
+        }
+        for (name, value) in process_env {
+            command.env(name, value);
         }
         Self {
             child: command.spawn().unwrap(),

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod certs;
+pub mod cloud_proxy;
 pub mod fake_graph;
 pub mod fake_identity;
 pub mod postgres;
