@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".graphmailer.v1.Attachment.content")
         // Deterministic encoding, so a request's hash (idempotency) does not depend on map order.
         .btree_map(".graphmailer.v1.SendMailRequest.headers")
+        .btree_map(".graphmailer.v1.BulkRecipient.variables")
         .file_descriptor_set_path(out_dir.join("graphmailer_descriptor.bin"))
         .compile_protos(
             &[PathBuf::from("proto/graphmailer/v1/mailer.proto")],

@@ -22,8 +22,11 @@
 //! - [`graph`]: Microsoft Graph: the HTTP client, payloads, error table, and the Graph
 //!   transport (retries, concurrency limit, upload sessions).
 //! - [`retry`]: the one backoff policy, shared by Graph calls and token refreshes.
+//! - [`requests`]: wire requests parsed into domain types (by the RPC layer and the outbox).
 //! - [`postoffice`]: the application core behind every RPC: Connect, SendMail (idempotency,
 //!   counters), Status, Disconnect.
+//! - [`outbox`]: QueueMail and SendBulk: durable acceptance (group commit), paced delivery
+//!   workers shared by replicas, retries, reconciliation, events, retention.
 //! - [`upkeep`]: background chores: purging, state gauges, secret-expiry warnings.
 //! - [`grpc`]: the tonic service, health, reflection and the one mapping of errors to statuses.
 //! - [`health`]: readiness, told alike to gRPC health checks and `/readyz`.
@@ -45,9 +48,11 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod mime;
 pub mod oauth;
+pub(crate) mod outbox;
 pub(crate) mod periodic;
 pub(crate) mod postoffice;
 pub mod proto;
+pub mod requests;
 pub mod retry;
 pub mod settings;
 pub(crate) mod shutdown;

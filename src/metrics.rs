@@ -74,6 +74,26 @@ fn describe() {
         "Sends Graph answered ambiguously, by what looking in Sent Items found (sent, not_found, not_looked_up)"
     );
     describe_counter!(
+        "graph_mailer_outbox_transitions_total",
+        "Queued messages entering a state (sending, sent, failed, queued for a retry, unknown, cancelled)"
+    );
+    describe_histogram!(
+        "graph_mailer_outbox_pacing_delay_seconds",
+        "How long a claimed message waited for its mailbox's send slot"
+    );
+    describe_gauge!(
+        "graph_mailer_outbox_queued",
+        "Messages in the outbox not yet sent, by mailbox domain"
+    );
+    describe_gauge!(
+        "graph_mailer_outbox_oldest_seconds",
+        "Age of the oldest message not yet sent, by mailbox domain"
+    );
+    describe_counter!(
+        "graph_mailer_outbox_reconciliations_total",
+        "Messages of unknown outcome looked up in Sent Items, by result (sent, resent, unknown)"
+    );
+    describe_counter!(
         "graph_mailer_token_refreshes_total",
         "Access token refreshes by outcome"
     );
@@ -132,6 +152,28 @@ impl Drop for InFlight {
 /// A send Graph answered ambiguously, and what Sent Items said.
 pub fn ambiguous_send(outcome: &'static str) {
     counter!("graph_mailer_ambiguous_sends_total", "outcome" => outcome).increment(1);
+}
+
+/// A queued message entered `state`.
+pub fn outbox_transition(state: &'static str) {
+    counter!("graph_mailer_outbox_transitions_total", "state" => state).increment(1);
+}
+
+/// A claimed message waited this long for its slot.
+pub fn outbox_pacing_delay(seconds: f64) {
+    histogram!("graph_mailer_outbox_pacing_delay_seconds").record(seconds);
+}
+
+/// The outbox's depth and oldest age for one mailbox domain.
+pub fn outbox_queue(domain: &str, queued: u64, oldest_seconds: f64) {
+    gauge!("graph_mailer_outbox_queued", "mailbox_domain" => domain.to_owned()).set(queued as f64);
+    gauge!("graph_mailer_outbox_oldest_seconds", "mailbox_domain" => domain.to_owned())
+        .set(oldest_seconds);
+}
+
+/// A message of unknown outcome was looked up.
+pub fn outbox_reconciliation(result: &'static str) {
+    counter!("graph_mailer_outbox_reconciliations_total", "result" => result).increment(1);
 }
 
 /// Graph answered (status 0: no answer).

@@ -88,6 +88,16 @@ variables! {
     CONCURRENCY_WAIT_SECONDS, "`30`", "how long a send waits for one of those places";
     RECONCILE_SECONDS, "`30`", "after an ambiguous answer to a send, how long the service looks for the message in Sent Items (needs `Mail.ReadBasic`, `Mail.Read` or `Mail.ReadWrite`) before answering that the outcome is unknown";
     SENDING_BLOCKED_PAUSE_SECONDS, "`3600`", "how long a mailbox's sends are held back after Exchange stopped it sending (`ErrorExceededMessageLimit`, `ErrorMessageSubmissionBlocked`)";
+    LIMIT_MESSAGES_PER_MINUTE, "`30`", "outbox: messages a mailbox sends per minute (Exchange Online's limit), shared by all replicas";
+    LIMIT_RECIPIENTS_PER_DAY, "`10000`", "outbox: recipients a mailbox sends to in a rolling 24 hours";
+    LIMIT_REQUESTS_PER_10_MINUTES, "`10000`", "outbox: Graph requests per mailbox in 10 minutes (Outlook's limit)";
+    LIMIT_UPLOAD_BYTES_PER_5_MINUTES, "`157286400`", "outbox: attachment bytes uploaded per mailbox in 5 minutes (Outlook's 150 MB)";
+    LIMIT_EXTERNAL_RECIPIENTS_PER_DAY, "–", "outbox: recipients outside the mailbox's domain in a rolling 24 hours; unset: no limit";
+    OUTBOX_MAX_AGE_SECONDS, "`86400`", "outbox: a message not sent this long after it was queued is FAILED with its last error";
+    OUTBOX_RETENTION_SECONDS, "`604800`", "outbox: how long the status of a finished message (and its events) is kept; bodies go when it finishes";
+    OUTBOX_WORKERS, "`32`", "outbox: messages one replica sends at once";
+    OUTBOX_LEASE_SECONDS, "`60`", "outbox: how long a replica's claim on a message lasts unless renewed; a stopped replica's messages are picked up after it";
+    OUTBOX_RETRY_BASE_SECONDS, "`30`", "outbox: the first retry after a transient failure; doubled each time (full jitter) up to an hour";
     SHUTDOWN_DRAIN_SECONDS, "`30`", "how long in-flight calls may finish after SIGTERM";
     HEALTH_INTERVAL_SECONDS, "`5`", "how often the store is pinged for readiness";
     CONFIG, "–", "the TOML file (same as `--config`)";

@@ -78,6 +78,18 @@ impl GraphTransport {
         }
     }
 
+    fn session(&self, mailbox: &Mailbox, message_id: &str, token: AccessToken) -> Session {
+        Session {
+            mailbox: mailbox.clone(),
+            message_id: message_id.to_owned(),
+            token: Mutex::new(token),
+            started: Instant::now(),
+            refreshed_after_401: AtomicBool::new(false),
+            blocked_until: self.clock.now()
+                + chrono::Duration::from_std(self.blocked_pause).unwrap_or_default(),
+        }
+    }
+
     async fn send_through_draft(
         &self,
         session: &Session,
@@ -276,12 +288,7 @@ impl Transport for GraphTransport {
         message_id: &str,
     ) -> Result<DateTime<Utc>, SendError> {
         let token = self.tokens.access_token(mailbox).await?;
-        // Graph sends as the account's primary SMTP address whatever the form; MIME must say
-        // the same, or Exchange refuses it (ErrorSendAsDenied).
-        let from = token
-            .sending_address
-            .clone()
-            .map_or_else(|| mailbox.clone(), Mailbox::from_stored);
+        let from = sending_address(mailbox, &token);
         let plan = payload::plan(message, &from, message_id, self.clock.now())?;
         if matches!(plan, Plan::Draft { .. }) && !token.has_scope("Mail.ReadWrite") {
             return Err(SendError::MissingPermission {
@@ -290,15 +297,7 @@ impl Transport for GraphTransport {
                 needed_for: format!("attachments ({})", human_bytes(message.attachment_bytes())),
             });
         }
-        let session = Session {
-            mailbox: mailbox.clone(),
-            message_id: message_id.to_owned(),
-            token: Mutex::new(token),
-            started: Instant::now(),
-            refreshed_after_401: AtomicBool::new(false),
-            blocked_until: self.clock.now()
-                + chrono::Duration::from_std(self.blocked_pause).unwrap_or_default(),
-        };
+        let session = self.session(mailbox, message_id, token);
         tracing::debug!(message_id, form = plan.form(), "sending");
         let sent = match &plan {
             Plan::Direct(payload) => {
@@ -323,7 +322,49 @@ impl Transport for GraphTransport {
         }
     }
 
+    async fn find_sent(
+        &self,
+        mailbox: &Mailbox,
+        message_id: &str,
+    ) -> Result<Option<bool>, SendError> {
+        let token = self.tokens.access_token(mailbox).await?;
+        if !READ_PERMISSIONS.iter().any(|p| token.has_scope(p)) {
+            return Ok(None);
+        }
+        let from = sending_address(mailbox, &token);
+        let marker = payload::internet_message_id(message_id, &from);
+        let session = self.session(mailbox, message_id, token);
+        let client = &self.client;
+        let marker = marker.as_str();
+        let found = self
+            .limited(&session, &|token: AccessToken| async move {
+                client
+                    .is_in_sent_items(&token.secret, marker, message_id)
+                    .await
+            })
+            .await;
+        match found {
+            Ok(Ok(found)) => Ok(Some(found)),
+            Ok(Err(error)) => Err(SendError::NoAnswerWhilePreparing {
+                reason: format!("looking in Sent Items: {error:?}"),
+            }),
+            Err(AttemptError::Final(error)) => Err(error),
+            Err(AttemptError::Call(error)) => Err(SendError::NoAnswerWhilePreparing {
+                reason: format!("looking in Sent Items: {error:?}"),
+            }),
+        }
+    }
+
     fn forget(&self, mailbox: &Mailbox) {
         self.tokens.forget(mailbox);
     }
+}
+
+/// Graph sends as the account's primary SMTP address whatever the form; MIME must say the
+/// same, or Exchange refuses it (ErrorSendAsDenied).
+fn sending_address(mailbox: &Mailbox, token: &AccessToken) -> Mailbox {
+    token
+        .sending_address
+        .clone()
+        .map_or_else(|| mailbox.clone(), Mailbox::from_stored)
 }

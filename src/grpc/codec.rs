@@ -175,6 +175,48 @@ impl Precheck for proto::SendMailRequest {
     }
 }
 
+impl Precheck for proto::QueueMailRequest {
+    /// The message inside is counted as SendMail's is.
+    fn precheck(encoded: &[u8]) -> Result<(), Status> {
+        match embedded(encoded, 1).and_then(send_mail_counts) {
+            Some(counts) => counts.check().map_err(|error| {
+                Status::from(crate::domain::ValidationError::new(
+                    format!("message.{}", error.field),
+                    error.reason,
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Precheck for proto::SendBulkRequest {
+    /// At most 10,000 recipients, counted before they are decoded; the template's lists as
+    /// SendMail's.
+    fn precheck(encoded: &[u8]) -> Result<(), Status> {
+        if let Some([recipients]) = count_fields(encoded, [2])
+            && recipients > crate::outbox::bulk::MAX_BULK_RECIPIENTS
+        {
+            return Err(Status::from(crate::domain::ValidationError::new(
+                "recipients",
+                format!(
+                    "{recipients} recipients; a batch has 1 to {}",
+                    crate::outbox::bulk::MAX_BULK_RECIPIENTS
+                ),
+            )));
+        }
+        match embedded(encoded, 1).and_then(send_mail_counts) {
+            Some(counts) => counts.check().map_err(|error| {
+                Status::from(crate::domain::ValidationError::new(
+                    format!("template.{}", error.field),
+                    error.reason,
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Messages with nothing to count.
 macro_rules! nothing_to_count {
     ($($message:ty),+ $(,)?) => {
@@ -190,6 +232,18 @@ nothing_to_count!(
     proto::StatusResponse,
     proto::DisconnectRequest,
     proto::DisconnectResponse,
+    proto::QueueMailResponse,
+    proto::SendBulkResponse,
+    proto::GetMessageRequest,
+    proto::MessageStatus,
+    proto::ListMessagesRequest,
+    proto::ListMessagesResponse,
+    proto::CancelMessageRequest,
+    proto::GetBatchRequest,
+    proto::CancelBatchRequest,
+    proto::BatchStatus,
+    proto::WatchMessagesRequest,
+    proto::MessageEvent,
 );
 
 #[cfg(test)]

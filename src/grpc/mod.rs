@@ -12,6 +12,7 @@ pub(crate) mod admission;
 pub(crate) mod auth;
 pub mod codec;
 pub mod convert;
+pub(crate) mod outbox;
 pub(crate) mod service;
 pub(crate) mod status;
 
@@ -45,6 +46,7 @@ pub struct GrpcServices {
 /// What the Mailer service needs.
 pub struct MailerParts {
     pub post_office: Arc<PostOffice>,
+    pub outbox: Arc<crate::outbox::Outbox>,
     pub callers: Arc<CallerRegistry>,
     pub audit: Arc<AuditLog>,
     pub max_message_bytes: u64,
@@ -59,6 +61,7 @@ pub fn services(parts: MailerParts) -> Result<GrpcServices, tonic_reflection::se
         .saturating_add(ENVELOPE_ALLOWANCE);
     let api = MailerApi::new(
         parts.post_office,
+        parts.outbox,
         parts.audit.clone(),
         parts.max_message_bytes,
     );

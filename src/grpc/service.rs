@@ -12,6 +12,7 @@ use crate::{
     clock::to_timestamp,
     domain::Mailbox,
     metrics,
+    outbox::Outbox,
     postoffice::{Error, PostOffice, SendReceipt, SendRequest},
     proto,
     transport::SendError,
@@ -21,14 +22,21 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct MailerApi {
     post_office: Arc<PostOffice>,
+    pub(super) outbox: Arc<Outbox>,
     audit: Arc<AuditLog>,
     max_message_bytes: u64,
 }
 
 impl MailerApi {
-    pub fn new(post_office: Arc<PostOffice>, audit: Arc<AuditLog>, max_message_bytes: u64) -> Self {
+    pub fn new(
+        post_office: Arc<PostOffice>,
+        outbox: Arc<Outbox>,
+        audit: Arc<AuditLog>,
+        max_message_bytes: u64,
+    ) -> Self {
         Self {
             post_office,
+            outbox,
             audit,
             max_message_bytes,
         }
@@ -37,7 +45,7 @@ impl MailerApi {
     /// Runs one RPC for `caller` and logs how it ended and how long it took. (No span per RPC:
     /// SendMail opens its own span naming the message, and a span per call costs time on the
     /// hot path.) A refusal for lack of rights goes to the audit log.
-    async fn observe<T>(
+    pub(super) async fn observe<T>(
         &self,
         rpc: &'static str,
         caller: &Caller,
@@ -99,7 +107,7 @@ impl MailerApi {
 }
 
 /// The caller the authentication layer identified.
-fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
+pub(super) fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request
         .extensions()
         .get::<Arc<Caller>>()
@@ -182,6 +190,64 @@ impl proto::mailer_server::Mailer for MailerApi {
             Ok(proto::DisconnectResponse {})
         })
         .await
+    }
+
+    async fn queue_mail(
+        &self,
+        request: Request<proto::QueueMailRequest>,
+    ) -> Result<Response<proto::QueueMailResponse>, Status> {
+        self.queue_mail_rpc(request).await
+    }
+
+    async fn send_bulk(
+        &self,
+        request: Request<proto::SendBulkRequest>,
+    ) -> Result<Response<proto::SendBulkResponse>, Status> {
+        self.send_bulk_rpc(request).await
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<proto::GetMessageRequest>,
+    ) -> Result<Response<proto::MessageStatus>, Status> {
+        self.get_message_rpc(request).await
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<proto::ListMessagesRequest>,
+    ) -> Result<Response<proto::ListMessagesResponse>, Status> {
+        self.list_messages_rpc(request).await
+    }
+
+    async fn cancel_message(
+        &self,
+        request: Request<proto::CancelMessageRequest>,
+    ) -> Result<Response<proto::MessageStatus>, Status> {
+        self.cancel_message_rpc(request).await
+    }
+
+    async fn get_batch(
+        &self,
+        request: Request<proto::GetBatchRequest>,
+    ) -> Result<Response<proto::BatchStatus>, Status> {
+        self.get_batch_rpc(request).await
+    }
+
+    async fn cancel_batch(
+        &self,
+        request: Request<proto::CancelBatchRequest>,
+    ) -> Result<Response<proto::BatchStatus>, Status> {
+        self.cancel_batch_rpc(request).await
+    }
+
+    type WatchMessagesStream = super::outbox::EventStream;
+
+    async fn watch_messages(
+        &self,
+        request: Request<proto::WatchMessagesRequest>,
+    ) -> Result<Response<Self::WatchMessagesStream>, Status> {
+        self.watch_messages_rpc(request).await
     }
 }
 

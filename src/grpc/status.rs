@@ -16,7 +16,11 @@ use crate::{
 pub fn code(error: &Error) -> Code {
     match error {
         Error::Invalid(_) => Code::InvalidArgument,
-        Error::UnknownMailbox { .. } => Code::NotFound,
+        Error::UnknownMailbox { .. }
+        | Error::UnknownMessage { .. }
+        | Error::UnknownBatch { .. } => Code::NotFound,
+        Error::NotQueued { .. } => Code::FailedPrecondition,
+        Error::BatchKeyReused { .. } => Code::AlreadyExists,
         Error::ConnectNeedsMicrosoft
         | Error::NoMailboxConnected
         | Error::SenderAmbiguous { .. }

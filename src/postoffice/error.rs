@@ -99,6 +99,28 @@ pub enum Error {
     )]
     EarlierOutcomeUnknown { message_id: String },
 
+    /// No queued message has this id (it never existed, or its status was purged).
+    #[error(
+        "no queued message has the id {message_id} (statuses are kept {} after a message finishes)",
+        variables::OUTBOX_RETENTION_SECONDS
+    )]
+    UnknownMessage { message_id: String },
+
+    /// No SendBulk batch has this id.
+    #[error("no batch has the id {batch_id}")]
+    UnknownBatch { batch_id: String },
+
+    /// The message can no longer be cancelled.
+    #[error("message {message_id} is {state}, not queued: only a QUEUED message can be cancelled")]
+    NotQueued { message_id: String, state: String },
+
+    /// The batch's idempotency key was used for a different batch.
+    #[error(
+        "idempotency_key was already used for a different batch (batch_id {batch_id}) within \
+         the last 24 hours: use a new key for a new batch"
+    )]
+    BatchKeyReused { batch_id: String },
+
     /// The sign-in link could not be built.
     #[error("cannot build the sign-in link: {0}")]
     SignInLink(#[source] TokenRequestError),

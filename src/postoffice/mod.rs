@@ -9,6 +9,7 @@
 mod error;
 mod idempotency;
 mod pauses;
+mod queued;
 mod tally;
 
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct PostOffice {
     parts: Parts,
     tallies: tally::Tallies,
     pauses: pauses::Pauses,
+    /// Mailboxes lately found connected (QueueMail asks for each message).
+    connected: std::sync::Mutex<std::collections::HashMap<Mailbox, std::time::Instant>>,
 }
 
 impl PostOffice {
@@ -89,6 +92,7 @@ impl PostOffice {
             parts,
             tallies: tally::Tallies::default(),
             pauses: pauses::Pauses::default(),
+            connected: std::sync::Mutex::default(),
         }
     }
 
@@ -291,6 +295,13 @@ impl PostOffice {
         };
         let mut warnings: Vec<String> = self.parts.secret_expiry.warning(now).into_iter().collect();
         for record in &mut mailboxes {
+            record.queue = self.parts.store.queue_usage(&record.mailbox, now).await?;
+            if let Some(until) = record.queue.paused_until
+                && record.paused_until.is_none_or(|own| own < until)
+            {
+                record.paused_until = Some(until);
+                record.pause_reason = record.queue.pause_reason.clone();
+            }
             if record.paused_until.is_some_and(|until| until <= now) {
                 record.paused_until = None;
                 record.pause_reason = None;

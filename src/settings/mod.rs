@@ -8,8 +8,10 @@
 //!   with a sentence saying how to fix it, plus warnings for values that work but are probably
 //!   mistakes.
 //! - [`scopes`]: the Graph permissions asked for, and the Graph resource they are for.
+//! - [`outbox`]: the outbox's pacing limits, retries and retention.
 
 pub mod azure;
+pub mod outbox;
 pub mod raw;
 pub mod scopes;
 pub(crate) mod types;
@@ -25,6 +27,7 @@ pub use crate::variables as names;
 use crate::variables;
 pub use crate::variables::ENV_PREFIX;
 pub use azure::{AzureSettings, ClientId, ClientSecretSource, TenantId, secret_id_warning};
+pub use outbox::{OutboxSettings, PacingLimits};
 pub use raw::RawSettings;
 pub use scopes::{GraphResource, GraphScopes};
 pub use types::{
@@ -73,6 +76,7 @@ pub struct Settings {
     pub access: AccessSettings,
     pub tls: Option<TlsSettings>,
     pub limits: LimitSettings,
+    pub outbox: OutboxSettings,
     /// How often watched files (client secret, callers, TLS certificate) are checked.
     pub file_reload_interval: Duration,
     pub data_dir: PathBuf,
@@ -127,6 +131,7 @@ impl Settings {
             AccessSettings::from_raw(&raw, graph_chosen == Some(true), &data_dir, &mut problems);
         let tls = TlsSettings::from_raw(&raw, &mut problems);
         let limits = LimitSettings::from_raw(&raw, &mut problems);
+        let outbox = OutboxSettings::from_raw(&raw, &mut problems);
         let metrics_addr = problems.take(parse_optional_addr(
             variables::METRICS_ADDR,
             raw.metrics_addr.as_deref(),
@@ -156,6 +161,7 @@ impl Settings {
                 access: access?,
                 tls: tls?,
                 limits: limits?,
+                outbox: outbox?,
                 file_reload_interval: Duration::from_secs(raw.secret_reload_seconds.max(1)),
                 data_dir,
                 database_url,

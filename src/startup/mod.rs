@@ -29,6 +29,7 @@ use crate::{
     http::{self, HttpState},
     metrics,
     oauth::{ClientSecretProvider, REFRESH_BACKOFF, SecretExpiry, TokenManager},
+    outbox::{self, Outbox, recovery::Recovery, worker::Workers},
     periodic::spawn_every,
     postoffice::{Parts, PostOffice},
     retry::Backoff,
@@ -43,6 +44,8 @@ use crate::{
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often buffered send counters are written to the store.
 const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the outbox looks for stopped replicas' messages and ambiguous answers.
+const OUTBOX_RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What tests may replace.
 #[derive(Debug)]
@@ -73,6 +76,8 @@ pub struct Application {
     health: Arc<Health>,
     store: Store,
     post_office: Arc<PostOffice>,
+    workers: Arc<Workers>,
+    recovery: Arc<Recovery>,
     upkeep: Arc<Upkeep>,
     callers: Arc<CallerRegistry>,
     tokens: Option<Arc<TokenManager>>,
@@ -147,9 +152,26 @@ impl Application {
             audit: audit.clone(),
             scopes: settings.azure.as_ref().map(|azure| azure.scopes.clone()),
         }));
+        let outbox_parts = outbox::Parts {
+            store: store.clone(),
+            clock: clock.clone(),
+            post_office: post_office.clone(),
+            settings: settings.outbox.clone(),
+            max_message_bytes: settings.max_message_bytes,
+        };
+        let activity = Arc::new(outbox::Activity::default());
+        let outbox = Arc::new(Outbox::new(outbox_parts.clone(), activity.clone()));
+        let workers = Workers::new(outbox_parts.clone(), activity.clone());
+        let recovery = Arc::new(Recovery::new(
+            outbox_parts,
+            activity,
+            workers.clone(),
+            settings.graph.reconcile_window,
+        ));
         let upkeep = Arc::new(Upkeep::new(store.clone(), clock.clone(), secret_expiry));
         let grpc = grpc::services(grpc::MailerParts {
             post_office: post_office.clone(),
+            outbox,
             callers: callers.clone(),
             audit,
             max_message_bytes: settings.max_message_bytes,
@@ -179,6 +201,8 @@ impl Application {
             health,
             store,
             post_office,
+            workers,
+            recovery,
             upkeep,
             callers,
             tokens,
@@ -225,6 +249,8 @@ impl Application {
             health,
             store,
             post_office,
+            workers,
+            recovery,
             upkeep,
             callers,
             tokens,
@@ -248,7 +274,13 @@ impl Application {
                     async move { post_office.flush_counters().await }
                 }
             }),
+            spawn_every(OUTBOX_RECOVERY_INTERVAL, stop.clone(), move || {
+                let recovery = recovery.clone();
+                async move { recovery.run_once().await }
+            }),
         ];
+        let deliveries =
+            tokio::spawn(workers.run(stop.clone().cancelled_owned(), settings.shutdown_drain));
         background.extend(tokens.map(|tokens| tokens.spawn_upkeep(stop.clone())));
         if let (Some(secret), Some(azure)) = (secret, &settings.azure) {
             background.extend(secret.spawn_watcher(azure.secret_reload_interval, stop.clone()));
@@ -274,6 +306,11 @@ impl Application {
         health.begin_shutdown().await;
         stop.cancel();
         servers.drain(settings.shutdown_drain).await?;
+        // The workers stopped claiming at `stop`; their sends in flight finish within the
+        // drain time, and what they claimed but had not begun goes back to the queue.
+        if let Err(error) = deliveries.await {
+            tracing::error!(%error, "the outbox's workers failed");
+        }
         for task in background {
             task.abort();
         }

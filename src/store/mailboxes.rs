@@ -74,6 +74,19 @@ impl SendTally {
 }
 
 impl Store {
+    /// Where the mailbox's connection stands; `None` when the store has no row for it.
+    pub async fn connection_state(
+        &self,
+        mailbox: &Mailbox,
+    ) -> Result<Option<ConnectionState>, StoreError> {
+        let row = sqlx::query("SELECT state FROM mailboxes WHERE mailbox = $1")
+            .bind(mailbox.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|row| super::state_column(&row, "state", "mailboxes", mailbox.as_str()))
+            .transpose()
+    }
+
     /// The mailboxes that hold tokens and can send.
     pub async fn connected_mailboxes(&self) -> Result<Vec<Mailbox>, StoreError> {
         let rows = sqlx::query("SELECT mailbox FROM mailboxes WHERE state = $1 ORDER BY mailbox")

@@ -16,6 +16,10 @@ pub(crate) mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod leases;
 pub(crate) mod mailboxes;
+pub(crate) mod outbox;
+pub(crate) mod outbox_flow;
+pub(crate) mod outbox_reads;
+pub(crate) mod pacing;
 pub(crate) mod sign_ins;
 pub(crate) mod states;
 pub(crate) mod status;
@@ -34,8 +38,14 @@ pub use crypto::{KeyOrigin, TokenCipher};
 pub use idempotency::{Claim, IdempotencyRecord};
 pub use leases::{MailboxSlot, TOKEN_LEASE, TokenLease};
 pub use mailboxes::{NewConnection, PinnedAccount, SendTally};
+pub use outbox::{
+    BatchQueued, BatchRecord, MessageFilter, MessageRecord, NewBatch, NewQueued, QUEUE_CHANNEL,
+    Queued,
+};
+pub use outbox_flow::{ClaimedMessage, Outcome};
+pub use pacing::{QueueUsage, Reservation, spacing};
 pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};
-pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, UnknownState};
+pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, MessageState, UnknownState};
 pub use status::MailboxRecord;
 pub use tokens::{RefreshedTokens, Saved, StoredTokens};
 
@@ -82,6 +92,8 @@ pub enum StoreError {
          again in a minute"
     )]
     LeaseBusy { mailbox: String },
+    #[error("the outbox could not store the message: {0}")]
+    Group(String),
     #[error("the stored tokens of {0} cannot be decrypted; call Connect again for this mailbox")]
     Undecryptable(String),
     #[error("the {table} row of {key} is unreadable: its {column} column holds {source}")]

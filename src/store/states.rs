@@ -102,6 +102,25 @@ stored_state! {
     }
 }
 
+stored_state! {
+    /// Where a queued message stands (see `MessageState` in the proto).
+    pub enum MessageState {
+        Queued = "queued",
+        Sending = "sending",
+        Sent = "sent",
+        Failed = "failed",
+        Unknown = "unknown",
+        Cancelled = "cancelled",
+    }
+}
+
+impl MessageState {
+    /// Whether nothing will happen to the message any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Sent | Self::Failed | Self::Cancelled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,8 @@ pub struct MailboxRecord {
     /// Configured permissions the mailbox has not granted (filled in by the post office,
     /// which knows the configuration).
     pub missing_scopes: Vec<String>,
+    /// The outbox's queue and limit usage (filled in by the post office).
+    pub queue: super::QueueUsage,
 }
 
 impl Store {
@@ -106,5 +108,6 @@ fn status_from_row(row: &AnyRow) -> Result<MailboxRecord, StoreError> {
         paused_until: time("paused_until")?,
         pause_reason: row.try_get("pause_reason")?,
         missing_scopes: Vec::new(),
+        queue: super::QueueUsage::default(),
     })
 }

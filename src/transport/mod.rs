@@ -40,6 +40,16 @@ pub trait Transport: Send + Sync + fmt::Debug {
         message_id: &str,
     ) -> Result<DateTime<Utc>, SendError>;
 
+    /// Whether the message sent as `mailbox` under `message_id` reached the mailbox's Sent
+    /// Items: `Ok(None)` when this transport cannot tell (for Graph: no read permission).
+    async fn find_sent(
+        &self,
+        _mailbox: &Mailbox,
+        _message_id: &str,
+    ) -> Result<Option<bool>, SendError> {
+        Ok(None)
+    }
+
     /// Forgets what is held in memory for `mailbox` (after Disconnect).
     fn forget(&self, _mailbox: &Mailbox) {}
 }

@@ -83,6 +83,28 @@ impl Transport for SandboxTransport {
         .map_err(SendError::Storage)?;
         Ok(now)
     }
+
+    /// The sandbox's "Sent Items" is its folder: the message's file is there or not.
+    async fn find_sent(
+        &self,
+        mailbox: &Mailbox,
+        message_id: &str,
+    ) -> Result<Option<bool>, SendError> {
+        let suffix = format!("-{}.eml", safe_file_name(message_id));
+        let dir = self.mailbox_dir(mailbox);
+        let found = tokio::task::spawn_blocking(move || match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().ends_with(&suffix)),
+            Err(_) => false,
+        })
+        .await
+        .map_err(|e| SendError::Internal {
+            what: "the sandbox reader",
+            reason: e.to_string(),
+        })?;
+        Ok(Some(found))
+    }
 }
 
 fn write_atomically(dir: &Path, file: &Path, contents: &[u8]) -> std::io::Result<()> {

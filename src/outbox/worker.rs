@@ -1,0 +1,348 @@
+//! The delivery workers of one replica: at every tick (or when woken), for each mailbox with a
+//! message due, reserve the mailbox's next slot and claim a message for it in one short
+//! transaction, then send it at its slot. A claim is a lease the replica renews while it works;
+//! if the replica stops, the lease runs out and the message is picked up again — as UNKNOWN,
+//! looked up in Sent Items first, if it had begun to be sent.
+//!
+//! No transaction is held across a Graph call: the claim commits before the send, the message
+//! turns SENDING in a transaction of its own, and the outcome is written after the answer.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{Activity, Parts, bulk::BulkTemplate, outcome};
+use crate::{
+    domain::OutgoingMessage,
+    metrics, proto, requests,
+    store::{ClaimedMessage, Outcome, Reservation, StoreError},
+    transport::SendError,
+};
+
+/// How often the workers look for due messages when nothing wakes them.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Batch templates kept compiled, at most.
+const TEMPLATE_CACHE: usize = 64;
+
+/// One replica's workers.
+#[derive(Debug)]
+pub struct Workers {
+    parts: Parts,
+    activity: Arc<Activity>,
+    /// This replica's name on its leases.
+    pub(super) holder: String,
+    permits: Arc<Semaphore>,
+    /// Messages this replica is working on (their leases are renewed).
+    working: Mutex<HashSet<String>>,
+    templates: Mutex<HashMap<String, Arc<BulkTemplate>>>,
+}
+
+impl std::fmt::Debug for BulkTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BulkTemplate")
+    }
+}
+
+impl Workers {
+    pub fn new(parts: Parts, activity: Arc<Activity>) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(parts.settings.workers));
+        Arc::new(Self {
+            parts,
+            activity,
+            holder: uuid::Uuid::new_v4().to_string(),
+            permits,
+            working: Mutex::new(HashSet::new()),
+            templates: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Delivers until `shutdown`, then lets sends in flight finish within `drain` and gives
+    /// back what was claimed but not begun.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let renewal = tokio::spawn(self.clone().renew_leases());
+        tokio::pin!(shutdown);
+        loop {
+            let woken = self.activity.work.notified();
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = woken => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+            if let Err(error) = self.dispatch().await {
+                tracing::warn!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "outbox: cannot claim messages"
+                );
+            }
+        }
+        let all = u32::try_from(self.parts.settings.workers).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(drain, self.permits.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!("outbox: sends still in flight at the end of the drain time");
+        }
+        renewal.abort();
+        let claimed: Vec<String> = self.working_ids();
+        for id in claimed {
+            let _ = self.parts.store.release_claim(&id, &self.holder).await;
+        }
+    }
+
+    /// Claims what is due now, a slot at a time, and starts sending it.
+    async fn dispatch(self: &Arc<Self>) -> Result<(), StoreError> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+        let now = self.parts.clock.now();
+        let horizon = now + chrono::Duration::from_std(TICK * 2).unwrap_or_default();
+        let limit = u32::try_from(free.saturating_mul(2).min(500)).unwrap_or(500);
+        let mailboxes = self
+            .parts
+            .store
+            .ready_mailboxes(now, horizon, limit)
+            .await?;
+        for mailbox in mailboxes {
+            loop {
+                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    return Ok(());
+                };
+                let lease_until = self.lease_until();
+                let reservation = self
+                    .parts
+                    .store
+                    .reserve_and_claim(
+                        &mailbox,
+                        &self.parts.settings.limits,
+                        &self.holder,
+                        lease_until,
+                        self.parts.clock.now(),
+                        horizon,
+                    )
+                    .await?;
+                match reservation {
+                    Reservation::Claimed { message, slot } => {
+                        self.start(&message.message_id);
+                        let this = self.clone();
+                        tokio::spawn(async move { this.deliver(message, slot, permit).await });
+                    }
+                    Reservation::NotBefore(_) | Reservation::Empty => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one claimed message at its slot and records what happened.
+    async fn deliver(
+        self: Arc<Self>,
+        message: ClaimedMessage,
+        slot: DateTime<Utc>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let id = message.message_id.clone();
+        let wait = (slot - self.parts.clock.now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            metrics::outbox_pacing_delay(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        if let Err(error) = self.attempt(&message).await {
+            tracing::error!(
+                message_id = id,
+                error = crate::telemetry::redact_addresses(&error.to_string()),
+                "outbox: cannot record a delivery; the message's lease will run out and it \
+                 will be looked up"
+            );
+        }
+        self.finish(&id);
+    }
+
+    async fn attempt(&self, message: &ClaimedMessage) -> Result<(), StoreError> {
+        let store = &self.parts.store;
+        let id = message.message_id.as_str();
+        let request = match self.load(message).await {
+            Ok(request) => request,
+            Err(reason) => {
+                let outcome = Outcome::Failed {
+                    error: format!("the stored message cannot be read: {reason}"),
+                };
+                return self.record(message, &outcome, None).await;
+            }
+        };
+        if !store
+            .mark_sending(id, &self.holder, self.parts.clock.now())
+            .await?
+        {
+            // Cancelled while it waited for its slot.
+            return Ok(());
+        }
+        metrics::outbox_transition("sending");
+        self.activity.events.notify_waiters();
+        let result = self
+            .parts
+            .post_office
+            .deliver_queued(&message.mailbox, &request, id)
+            .await;
+        let now = self.parts.clock.now();
+        let decision = outcome::decide(
+            result.as_ref().map(|at| *at),
+            message.attempts + 1,
+            message.accepted_at,
+            now,
+            &self.parts.settings,
+        );
+        if let Some((until, reason)) = &decision.pause {
+            store.pause_queue(&message.mailbox, *until, reason).await?;
+        }
+        let request_id = result.as_ref().err().and_then(request_id);
+        self.record(message, &decision.outcome, request_id.as_deref())
+            .await
+    }
+
+    /// Writes the outcome (retrying the write, which must not be lost) and wakes watchers.
+    async fn record(
+        &self,
+        message: &ClaimedMessage,
+        outcome: &Outcome,
+        request_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            match self
+                .parts
+                .store
+                .finish_attempt(
+                    &message.message_id,
+                    &self.holder,
+                    outcome,
+                    request_id,
+                    self.parts.clock.now(),
+                )
+                .await
+            {
+                Ok(()) => {
+                    metrics::outbox_transition(outcome_label(outcome));
+                    self.activity.changed();
+                    return Ok(());
+                }
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        Err(last.unwrap_or(StoreError::Group("no attempt was made".to_owned())))
+    }
+
+    /// The message as it was queued: its request, or its batch's template rendered for it.
+    pub(super) async fn load(&self, message: &ClaimedMessage) -> Result<OutgoingMessage, String> {
+        let (body, template) = self
+            .parts
+            .store
+            .message_body(&message.message_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("its body is gone")?;
+        let request = match (template, &message.batch_id) {
+            (Some(template), Some(batch_id)) => {
+                let recipient =
+                    proto::BulkRecipient::decode(body.as_slice()).map_err(|e| e.to_string())?;
+                let compiled = self.template(batch_id, &template)?;
+                compiled.render(0, &recipient).map_err(|e| e.to_string())?
+            }
+            _ => proto::SendMailRequest::decode(body.as_slice()).map_err(|e| e.to_string())?,
+        };
+        requests::send_request(request, self.parts.max_message_bytes)
+            .map(|parsed| parsed.message)
+            .map_err(|e| e.to_string())
+    }
+
+    fn template(&self, batch_id: &str, encoded: &[u8]) -> Result<Arc<BulkTemplate>, String> {
+        let mut cache = self.templates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(compiled) = cache.get(batch_id) {
+            return Ok(compiled.clone());
+        }
+        let template = proto::SendMailRequest::decode(encoded).map_err(|e| e.to_string())?;
+        let compiled = Arc::new(BulkTemplate::compile(template).map_err(|e| e.to_string())?);
+        if cache.len() >= TEMPLATE_CACHE {
+            cache.clear();
+        }
+        cache.insert(batch_id.to_owned(), compiled.clone());
+        Ok(compiled)
+    }
+
+    fn lease_until(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.parts.settings.lease).unwrap_or_default()
+    }
+
+    fn start(&self, id: &str) {
+        self.working
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+    }
+
+    fn finish(&self, id: &str) {
+        self.working
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn working_ids(&self) -> Vec<String> {
+        self.working
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Renews the leases of the messages in work, every third of a lease.
+    async fn renew_leases(self: Arc<Self>) {
+        let every = self.parts.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let ids = self.working_ids();
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(error) = self
+                .parts
+                .store
+                .renew_leases(&self.holder, &ids, self.lease_until())
+                .await
+            {
+                tracing::warn!(
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "outbox: cannot renew leases"
+                );
+            }
+        }
+    }
+}
+
+/// Microsoft's request id of a failed answer, when the error kept it.
+fn request_id(error: &SendError) -> Option<String> {
+    match error {
+        SendError::Unexpected { ids, .. } | SendError::Forbidden { ids, .. } => {
+            ids.request_id.clone()
+        }
+        _ => None,
+    }
+}
+
+/// The metric label of an outcome.
+pub(super) fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Sent { .. } => "sent",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Retry { .. } => "queued",
+        Outcome::Unknown { .. } => "unknown",
+    }
+}
