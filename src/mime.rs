@@ -55,6 +55,27 @@ pub fn build(
     envelope: Envelope<'_>,
     attachments: AttachmentSelection,
 ) -> Vec<u8> {
+    builder(message, envelope, attachments)
+        .write_to_vec()
+        .unwrap_or_default()
+}
+
+/// Writes the RFC 5322 message to `writer` as it is built: a 150 MB attachment's 200 MB of
+/// base64 never has to sit in memory (the sandbox streams it to its file).
+pub fn write(
+    message: &OutgoingMessage,
+    envelope: Envelope<'_>,
+    attachments: AttachmentSelection,
+    writer: impl std::io::Write,
+) -> std::io::Result<()> {
+    builder(message, envelope, attachments).write_to(writer)
+}
+
+fn builder<'x>(
+    message: &'x OutgoingMessage,
+    envelope: Envelope<'x>,
+    attachments: AttachmentSelection,
+) -> MessageBuilder<'x> {
     let mut builder = MessageBuilder::new()
         .from(Address::new_address(None::<&str>, envelope.from.as_str()))
         .message_id(MessageId::new(message_id_for(
@@ -88,10 +109,7 @@ pub fn build(
         AttachmentSelection::All => message.attachments(),
         AttachmentSelection::None => &[],
     };
-    builder
-        .body(body_structure(message, selected))
-        .write_to_vec()
-        .unwrap_or_default()
+    builder.body(body_structure(message, selected))
 }
 
 fn address_list(recipients: &[Recipient]) -> Address<'_> {

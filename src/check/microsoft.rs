@@ -9,8 +9,9 @@ use secrecy::ExposeSecret;
 use super::Checks;
 use crate::{
     clock::Clock,
+    domain::Mailbox,
     oauth::{ClientSecretProvider, IdentityClient, SecretExpiry},
-    settings::{AzureSettings, ClientSecretSource, Settings, azure::is_guid},
+    settings::{AzureSettings, ClientSecretSource, PacingLimits, Settings, azure::is_guid},
     startup::Microsoft,
     store::{ConnectionState, MailboxRecord, Store},
     variables,
@@ -118,6 +119,7 @@ pub(super) async fn authority_check(
 
 pub(super) async fn mailbox_checks(
     azure: &AzureSettings,
+    limits: &PacingLimits,
     store: &Store,
     microsoft: &Microsoft,
     clock: &dyn Clock,
@@ -166,6 +168,7 @@ pub(super) async fn mailbox_checks(
             }
         }
         permission_check(azure, &record, checks);
+        queue_check(store, limits, &record.mailbox, clock.now(), checks).await;
         match &record.sending_address {
             Some(address) => checks.pass(
                 name("sending address"),
@@ -223,5 +226,50 @@ fn permission_check(azure: &AzureSettings, record: &MailboxRecord, checks: &mut 
             .collect::<Vec<_>>()
             .join("; ");
         checks.warn(name, format!("{what} (granted {granted})"), fix);
+    }
+}
+
+/// The mailbox's outbox queue and how much of its limits it used.
+async fn queue_check(
+    store: &Store,
+    limits: &PacingLimits,
+    mailbox: &Mailbox,
+    now: chrono::DateTime<chrono::Utc>,
+    checks: &mut Checks,
+) {
+    let name = format!("{mailbox}: queue");
+    let usage = match store.queue_usage(mailbox, now).await {
+        Ok(usage) => usage,
+        Err(error) => {
+            checks.fail(name, error.to_string(), "check the store");
+            return;
+        }
+    };
+    let mut detail = format!(
+        "{} queued; {} of {} messages in the last minute; {} of {} recipients in 24 h",
+        usage.queued,
+        usage.sent_last_minute,
+        limits.messages_per_minute,
+        usage.recipients_last_24h,
+        limits.recipients_per_day
+    );
+    if let Some(oldest) = usage.oldest_queued_at {
+        detail.push_str(&format!(
+            "; the oldest waits since {}",
+            oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    match (usage.paused_until, usage.pause_reason) {
+        (Some(until), reason) => checks.warn(
+            name,
+            format!(
+                "{detail}; paused until {} ({})",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                reason.unwrap_or_default()
+            ),
+            "the pause ends on its own; if Exchange stopped the mailbox, check its sending \
+             limits or restriction in the Microsoft 365 admin center",
+        ),
+        (None, _) => checks.pass(name, detail),
     }
 }

@@ -218,7 +218,15 @@ async fn run_checks(
             return;
         }
     };
-    microsoft::mailbox_checks(azure, &store, &microsoft, clock.as_ref(), checks).await;
+    microsoft::mailbox_checks(
+        azure,
+        &settings.outbox.limits,
+        &store,
+        &microsoft,
+        clock.as_ref(),
+        checks,
+    )
+    .await;
     if options.send_test.is_some() {
         test_mail::send_test(settings, &store, Some(microsoft), options, clock, checks).await;
     }

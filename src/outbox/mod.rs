@@ -9,13 +9,15 @@
 //! - [`recovery`]: messages whose replica stopped, ambiguous answers looked up in Sent Items,
 //!   messages too old, retention.
 //! - [`watch`]: WatchMessages' event stream.
-//! - `api`: the RPCs' operations, with the caller's rights.
+//! - `api`: QueueMail and SendBulk; `status`: the reads and cancels; both with the caller's
+//!   rights.
 
 mod api;
 pub mod bulk;
 mod committer;
 mod outcome;
 pub mod recovery;
+mod status;
 mod watch;
 pub mod worker;
 

@@ -62,6 +62,7 @@ pub fn decide(
                 outcome: Outcome::Unknown {
                     next: Some(now),
                     error: text,
+                    answered: true,
                 },
                 pause: None,
             };
@@ -84,8 +85,13 @@ pub fn decide(
                 max_attempts: u32::MAX,
                 budget: None,
             };
+            // Only a delay Microsoft named; the default hint for callers is not one.
+            let asked = match error {
+                SendError::ProviderUnavailable { retry_after, .. } => *retry_after,
+                _ => None,
+            };
             let delay = backoff
-                .delay(attempts.max(1), error.retry_after())
+                .delay(attempts.max(1), asked)
                 .max(Duration::from_millis(100));
             (after(delay), None)
         }

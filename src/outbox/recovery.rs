@@ -5,7 +5,7 @@
 //! - an UNKNOWN message is looked up in Sent Items by its marker (with a read permission):
 //!   there, it is SENT; absent once the look-up window has passed since its attempt began, it
 //!   is QUEUED again; without a way to look, it stays UNKNOWN for the operator, never resent;
-//! - every minute: messages older than the maximum age FAIL, finished ones past retention are
+//! - every five seconds: messages older than the maximum age FAIL, finished ones past retention are
 //!   purged (bodies went when they finished), and the queue gauges are set.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -22,8 +22,8 @@ use crate::{
 const LOOKUP_AGAIN: Duration = Duration::from_secs(2);
 /// How often after a failed look-up.
 const LOOKUP_RETRY: Duration = Duration::from_secs(30);
-/// How many minutes-worth of ticks between the slower chores.
-const SLOW_EVERY: u32 = 60;
+/// Ticks between the slower chores.
+const SLOW_EVERY: u32 = 5;
 
 /// The recovery pass of one replica.
 #[derive(Debug)]
@@ -119,6 +119,7 @@ impl Recovery {
                         (skip_sent_items) to look it up by: check whether it arrived before \
                         queuing it again"
                     .to_owned(),
+                answered: message.sending_since.is_none(),
             };
         }
         let found = self
@@ -136,9 +137,25 @@ impl Recovery {
                 Outcome::Sent { at: now }
             }
             Ok(Some(false)) => {
-                let since = message.sending_since.unwrap_or(message.accepted_at);
+                // A stopped replica's message (it has `sending_since`) may never have left:
+                // absent long enough, it is sent again. One Microsoft answered ambiguously
+                // reached Microsoft: it is only ever looked for.
                 let window = chrono::Duration::from_std(self.reconcile_window).unwrap_or_default();
-                if now - since >= window {
+                let absent_long_enough = message
+                    .sending_since
+                    .is_some_and(|since| now - since >= window);
+                let too_old = now - message.accepted_at
+                    >= chrono::Duration::from_std(self.parts.settings.max_age).unwrap_or_default();
+                if too_old {
+                    metrics::outbox_reconciliation("unknown");
+                    Outcome::Unknown {
+                        next: None,
+                        error: "the outcome stays unknown: the message did not show in Sent \
+                                Items within the maximum age; check the mailbox"
+                            .to_owned(),
+                        answered: message.sending_since.is_none(),
+                    }
+                } else if absent_long_enough {
                     metrics::outbox_reconciliation("resent");
                     Outcome::Retry {
                         next: now,
@@ -151,6 +168,7 @@ impl Recovery {
                     Outcome::Unknown {
                         next: Some(later(LOOKUP_AGAIN)),
                         error: "the outcome is unknown; looking for it in Sent Items".to_owned(),
+                        answered: message.sending_since.is_none(),
                     }
                 }
             }
@@ -162,11 +180,13 @@ impl Recovery {
                             Mail.ReadBasic so graph-mailer can look the message up in Sent \
                             Items; until then check the mailbox before queuing it again"
                         .to_owned(),
+                    answered: message.sending_since.is_none(),
                 }
             }
             Err(error) => Outcome::Unknown {
                 next: Some(later(LOOKUP_RETRY)),
                 error: format!("the outcome is unknown; looking it up failed: {error}"),
+                answered: message.sending_since.is_none(),
             },
         }
     }
@@ -196,6 +216,11 @@ impl Recovery {
             entry.0 += queued;
             entry.1 = entry.1.min(oldest);
         }
+        let mut gauged = self.gauged.lock().unwrap_or_else(|p| p.into_inner());
+        for emptied in gauged.iter().filter(|d| !by_domain.contains_key(*d)) {
+            metrics::outbox_queue(emptied, 0, 0.0);
+        }
+        *gauged = by_domain.keys().cloned().collect();
         for (domain, (queued, oldest)) in by_domain {
             metrics::outbox_queue(
                 &domain,

@@ -148,12 +148,7 @@ impl Workers {
         _permit: OwnedSemaphorePermit,
     ) {
         let id = message.message_id.clone();
-        let wait = (slot - self.parts.clock.now()).to_std().unwrap_or_default();
-        if !wait.is_zero() {
-            metrics::outbox_pacing_delay(wait.as_secs_f64());
-            tokio::time::sleep(wait).await;
-        }
-        if let Err(error) = self.attempt(&message).await {
+        if let Err(error) = self.attempt(&message, slot).await {
             tracing::error!(
                 message_id = id,
                 error = crate::telemetry::redact_addresses(&error.to_string()),
@@ -164,7 +159,13 @@ impl Workers {
         self.finish(&id);
     }
 
-    async fn attempt(&self, message: &ClaimedMessage) -> Result<(), StoreError> {
+    /// Reads the message and marks it SENDING before its slot, so that at the slot nothing
+    /// stands between the clock and the request: the sends keep their spacing.
+    async fn attempt(
+        &self,
+        message: &ClaimedMessage,
+        slot: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let store = &self.parts.store;
         let id = message.message_id.as_str();
         let request = match self.load(message).await {
@@ -185,6 +186,11 @@ impl Workers {
         }
         metrics::outbox_transition("sending");
         self.activity.events.notify_waiters();
+        let wait = (slot - self.parts.clock.now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            metrics::outbox_pacing_delay(wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
         let result = self
             .parts
             .post_office

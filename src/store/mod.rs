@@ -20,6 +20,7 @@ pub(crate) mod outbox;
 pub(crate) mod outbox_flow;
 pub(crate) mod outbox_reads;
 pub(crate) mod pacing;
+pub(crate) mod queue_stats;
 pub(crate) mod sign_ins;
 pub(crate) mod states;
 pub(crate) mod status;
@@ -43,7 +44,8 @@ pub use outbox::{
     Queued,
 };
 pub use outbox_flow::{ClaimedMessage, Outcome};
-pub use pacing::{QueueUsage, Reservation, spacing};
+pub use pacing::{Reservation, spacing};
+pub use queue_stats::QueueUsage;
 pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};
 pub use states::{ConnectionState, ErrorSource, IdempotencyStatus, MessageState, UnknownState};
 pub use status::MailboxRecord;

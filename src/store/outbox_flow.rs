@@ -43,6 +43,10 @@ pub enum Outcome {
     Unknown {
         next: Option<DateTime<Utc>>,
         error: String,
+        /// Microsoft answered, ambiguously: the request reached it, so the message is never
+        /// sent again, even when it does not show in Sent Items (as opposed to a replica that
+        /// stopped mid-send, whose request may never have left).
+        answered: bool,
     },
 }
 
@@ -93,10 +97,11 @@ impl Store {
                 None,
                 Some(error.as_str()),
             ),
-            Outcome::Unknown { next, error } => {
+            Outcome::Unknown { next, error, .. } => {
                 (MessageState::Unknown, *next, None, Some(error.as_str()))
             }
         };
+        let answered = matches!(outcome, Outcome::Unknown { answered: true, .. });
         let finished = state.is_final().then_some(now.timestamp_millis());
         let mut tx = self.begin_with_events().await?;
         let updated = sqlx::query(
@@ -104,6 +109,7 @@ impl Store {
                last_error = COALESCE($4, last_error), \
                graph_request_id = COALESCE($5, graph_request_id), finished_at = $6, \
                body = CASE WHEN $6 IS NULL THEN body ELSE NULL END, \
+               sending_since = CASE WHEN $9 THEN NULL ELSE sending_since END, \
                lease_holder = NULL, lease_until = NULL \
              WHERE message_id = $7 AND lease_holder = $8",
         )
@@ -115,6 +121,7 @@ impl Store {
         .bind(finished)
         .bind(id)
         .bind(holder)
+        .bind(answered)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -64,16 +64,14 @@ impl Transport for SandboxTransport {
         let mailbox = mailbox.clone();
         let message_id = message_id.to_owned();
         tokio::task::spawn_blocking(move || {
-            let raw = mime::build(
-                &message,
-                Envelope {
-                    from: &mailbox,
-                    message_id: &message_id,
-                    date: now,
-                },
-                AttachmentSelection::All,
-            );
-            write_atomically(&dir, &file, &raw)
+            let envelope = Envelope {
+                from: &mailbox,
+                message_id: &message_id,
+                date: now,
+            };
+            write_atomically(&dir, &file, |writer| {
+                mime::write(&message, envelope, AttachmentSelection::All, writer)
+            })
         })
         .await
         .map_err(|e| SendError::Internal {
@@ -107,10 +105,18 @@ impl Transport for SandboxTransport {
     }
 }
 
-fn write_atomically(dir: &Path, file: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes through `write` into a partial file, then renames it into place.
+fn write_atomically(
+    dir: &Path,
+    file: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let partial = file.with_extension("eml.partial");
-    std::fs::write(&partial, contents)?;
+    let mut writer = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    write(&mut writer)?;
+    std::io::Write::flush(&mut writer)?;
+    drop(writer);
     std::fs::rename(&partial, file)
 }
 

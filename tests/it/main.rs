@@ -12,6 +12,8 @@ mod deploy;
 mod hardening;
 mod idempotency;
 mod operations;
+mod outbox;
+mod outbox_crash;
 mod postgres_tls;
 mod process;
 mod properties;

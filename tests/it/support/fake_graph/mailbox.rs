@@ -71,12 +71,26 @@ pub(super) async fn finish(answer: Answer, crid: &str) -> Response {
     }
 }
 
-/// Exchange's refusal when it has stopped the account sending.
+/// Exchange's refusal when it has stopped the account sending, or the account is over its
+/// message rate.
 pub(super) fn refused_by_exchange(
     state: &AppState,
     issued: &IssuedToken,
     crid: &str,
 ) -> Option<Response> {
+    if !state.graph.with(|i| i.within_rate(&issued.account)) {
+        let mut response = graph_error(
+            429,
+            "ApplicationThrottled",
+            "Too many messages sent by this mailbox; retry later.",
+            crid,
+        );
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return Some(response);
+    }
     let blocked = state
         .graph
         .with(|i| i.blocked.get(&issued.account.to_lowercase()).copied());

@@ -203,6 +203,12 @@ struct Inner {
     sent_items_delay: Duration,
     /// Accounts Exchange has stopped sending for: (status, code) of every send's answer.
     blocked: HashMap<String, (u16, &'static str)>,
+    /// At most this many sends per account in any window of this length (429 beyond).
+    message_rate: Option<(usize, Duration)>,
+    /// When each account's accepted sends arrived, for `message_rate`.
+    send_times: HashMap<String, VecDeque<Instant>>,
+    /// 429s answered for the message rate.
+    rate_refusals: usize,
 }
 
 /// The running fake.
@@ -324,6 +330,28 @@ impl FakeGraph {
     pub fn block_sending(&self, account: &str, status: u16, code: &'static str) {
         self.with(|i| i.blocked.insert(account.to_lowercase(), (status, code)));
     }
+    /// Refuses (429, Retry-After 1) a send of an account that already sent `count` messages in
+    /// the last `window`: how Exchange Online's per-minute message limit looks to a sender,
+    /// enforced over a sliding window (stricter than a fixed minute).
+    pub fn set_message_rate(&self, count: usize, window: Duration) {
+        self.with(|i| i.message_rate = Some((count, window)));
+    }
+    /// 429s answered for the message rate.
+    pub fn rate_refusals(&self) -> usize {
+        self.with(|i| i.rate_refusals)
+    }
+    /// How often each message id (the client-request-id the service sends) was delivered.
+    pub fn deliveries_by_message_id(&self) -> HashMap<String, usize> {
+        self.with(|i| {
+            let mut counts = HashMap::new();
+            for delivered in &i.delivered {
+                *counts
+                    .entry(delivered.client_request_id.clone())
+                    .or_default() += 1;
+            }
+            counts
+        })
+    }
     pub fn unblock_sending(&self, account: &str) {
         self.with(|i| i.blocked.remove(&account.to_lowercase()));
     }
@@ -365,6 +393,28 @@ impl FakeGraph {
 }
 
 impl Inner {
+    /// Whether the account may send one more message now under the message rate; counts it
+    /// when it may.
+    fn within_rate(&mut self, account: &str) -> bool {
+        let Some((count, window)) = self.message_rate else {
+            return true;
+        };
+        let now = Instant::now();
+        let times = self.send_times.entry(account.to_owned()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= count {
+            self.rate_refusals += 1;
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
     fn deliver(&mut self, mut message: Delivered) {
         self.accepted += 1;
         // Exchange makes up a Message-ID for a message that has none.
