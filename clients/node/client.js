@@ -122,4 +122,76 @@ function status(mailer, mailbox = '') {
   return call(mailer, 'Status', { mailbox });
 }
 
-module.exports = { client, sendMail, invoiceMail, connect, status, SetupRequired, NotAllowed, grpc };
+/**
+ * Puts a message in the outbox; resolves once it is durably stored. The service sends it as fast
+ * as the mailbox's limits allow, retries, and never sends it twice: prefer this to sendMail for
+ * anything that need not be sent before the call returns. Give the message an idempotency_key so
+ * a retried queueMail queues it once.
+ */
+async function queueMail(mailer, message, { sendAt } = {}) {
+  const request = { message };
+  if (sendAt) request.send_at = { seconds: Math.floor(sendAt.getTime() / 1000), nanos: 0 };
+  try {
+    return await call(mailer, 'QueueMail', request);
+  } catch (error) {
+    if (error.code === grpc.status.FAILED_PRECONDITION) throw new SetupRequired(error.details);
+    throw error;
+  }
+}
+
+const FINAL_STATES = ['MESSAGE_STATE_SENT', 'MESSAGE_STATE_FAILED', 'MESSAGE_STATE_CANCELLED'];
+
+/** What became of a queued message (its MessageStatus). */
+function getMessage(mailer, messageId) {
+  return call(mailer, 'GetMessage', { message_id: messageId });
+}
+
+/** Polls getMessage until the message is SENT, FAILED or CANCELLED. */
+async function waitUntilFinal(mailer, messageId, { timeoutMs = 60000, pollMs = 200 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const message = await getMessage(mailer, messageId);
+    if (FINAL_STATES.includes(message.state) || Date.now() > deadline) return message;
+    await sleep(pollMs);
+  }
+}
+
+/**
+ * Calls `onEvent(event)` for every state change after `afterSequence`, resuming after the last
+ * sequence seen when the stream breaks. Returns a function that stops watching.
+ */
+function watchMessages(mailer, onEvent, { afterSequence = '0', mailbox = '', batchId = '' } = {}) {
+  let last = afterSequence;
+  let stream;
+  let stopped = false;
+  const open = () => {
+    stream = mailer.WatchMessages({ after_sequence: last, mailbox, batch_id: batchId });
+    stream.on('data', (event) => {
+      last = event.sequence;
+      onEvent(event);
+    });
+    stream.on('error', (error) => {
+      if (!stopped && error.code === grpc.status.UNAVAILABLE) setTimeout(open, 500);
+    });
+  };
+  open();
+  return () => {
+    stopped = true;
+    stream.cancel();
+  };
+}
+
+module.exports = {
+  client,
+  sendMail,
+  invoiceMail,
+  connect,
+  status,
+  queueMail,
+  getMessage,
+  waitUntilFinal,
+  watchMessages,
+  SetupRequired,
+  NotAllowed,
+  grpc,
+};

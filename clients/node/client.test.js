@@ -157,3 +157,39 @@ test('with a callers file the key names the caller, who sends only as its mailbo
     await stopServer(guarded);
   }
 });
+
+test('a queued message answers at once and is followed to SENT', async () => {
+  const request = gm.invoiceMail('outbox@contoso.com', 'customer@example.com', Buffer.from('%PDF q'), 'q-7');
+  const queued = await gm.queueMail(mailer, request);
+  const again = await gm.queueMail(mailer, request);
+  assert.equal(again.deduplicated, true);
+  assert.equal(again.message_id, queued.message_id);
+  const message = await gm.waitUntilFinal(mailer, queued.message_id);
+  assert.equal(message.state, 'MESSAGE_STATE_SENT');
+  const files = fs.readdirSync(path.join(server.dataDir, 'sandbox', 'outbox@contoso.com'));
+  assert.equal(files.filter((f) => f.endsWith('.eml')).length, 1);
+});
+
+test('watchMessages streams each state of a queued message', async () => {
+  const states = [];
+  let id;
+  const done = new Promise((resolve) => {
+    const stop = gm.watchMessages(
+      mailer,
+      (event) => {
+        if (id && event.message.message_id === id) {
+          states.push(event.message.state);
+          if (event.message.state === 'MESSAGE_STATE_SENT') {
+            stop();
+            resolve();
+          }
+        }
+      },
+      { mailbox: 'watch@contoso.com' },
+    );
+  });
+  const queued = await gm.queueMail(mailer, gm.invoiceMail('watch@contoso.com', 'c@example.com', Buffer.from('w'), 'w-7'));
+  id = queued.message_id;
+  await done;
+  assert.deepEqual(states.slice(-2), ['MESSAGE_STATE_SENDING', 'MESSAGE_STATE_SENT']);
+});

@@ -134,3 +134,60 @@ def connect(mailer, mailbox):
 def status(mailer, mailbox=""):
     """The service's status: transport and mailboxes."""
     return mailer.Status(mailer_pb2.StatusRequest(mailbox=mailbox))
+
+
+def queue_mail(mailer, request, send_at=None):
+    """Puts a message in the outbox; returns once it is durably stored.
+
+    The service sends it as fast as the mailbox's limits allow, retries, and never sends it
+    twice: prefer this to send_mail for anything that need not be sent before the call returns.
+    Give the message an idempotency_key so a retried QueueMail queues it once.
+    """
+    queued = mailer_pb2.QueueMailRequest(message=request)
+    if send_at is not None:
+        queued.send_at.FromDatetime(send_at)
+    try:
+        return mailer.QueueMail(queued)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            raise SetupRequired(error.details()) from error
+        raise
+
+
+FINAL_STATES = (
+    mailer_pb2.MESSAGE_STATE_SENT,
+    mailer_pb2.MESSAGE_STATE_FAILED,
+    mailer_pb2.MESSAGE_STATE_CANCELLED,
+)
+
+
+def get_message(mailer, message_id):
+    """What became of a queued message (its MessageStatus)."""
+    return mailer.GetMessage(mailer_pb2.GetMessageRequest(message_id=message_id))
+
+
+def wait_until_final(mailer, message_id, timeout=60, poll=0.2):
+    """Polls GetMessage until the message is SENT, FAILED or CANCELLED."""
+    deadline = time.time() + timeout
+    while True:
+        status = get_message(mailer, message_id)
+        if status.state in FINAL_STATES or time.time() > deadline:
+            return status
+        time.sleep(poll)
+
+
+def watch_messages(mailer, after_sequence=0, mailbox="", batch_id=""):
+    """Yields every state change (MessageEvent) after `after_sequence`, resuming where it left
+    off when the stream breaks: keep the last event's sequence and pass it back."""
+    while True:
+        request = mailer_pb2.WatchMessagesRequest(
+            after_sequence=after_sequence, mailbox=mailbox, batch_id=batch_id
+        )
+        try:
+            for event in mailer.WatchMessages(request):
+                after_sequence = event.sequence
+                yield event
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+            time.sleep(0.5)

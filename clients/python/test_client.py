@@ -127,6 +127,46 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(raised.exception.details().startswith("to[0].address:"))
 
 
+class OutboxTest(unittest.TestCase):
+    """QueueMail answers at once; GetMessage and WatchMessages follow the message to SENT."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server().start()
+        cls.mailer = gm.stub(f"127.0.0.1:{cls.server.grpc_port}")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def test_a_queued_message_is_followed_to_sent(self):
+        request = gm.invoice_mail("outbox@contoso.com", "customer@example.com", b"%PDF q", "q-1")
+        queued = gm.queue_mail(self.mailer, request)
+        again = gm.queue_mail(self.mailer, request)
+        self.assertTrue(again.deduplicated)
+        self.assertEqual(again.message_id, queued.message_id)
+        status = gm.wait_until_final(self.mailer, queued.message_id)
+        self.assertEqual(status.state, gm.mailer_pb2.MESSAGE_STATE_SENT)
+        self.assertEqual(status.attempts, 1)
+        files = glob.glob(os.path.join(self.server.data.name, "sandbox", "outbox@contoso.com", "*.eml"))
+        self.assertEqual(len(files), 1)
+
+    def test_watch_messages_streams_each_state_of_a_queued_message(self):
+        request = gm.invoice_mail("watch@contoso.com", "customer@example.com", b"w", "w-1")
+        queued = gm.queue_mail(self.mailer, request)
+        states = []
+        for event in gm.watch_messages(self.mailer, mailbox="watch@contoso.com"):
+            if event.message.message_id == queued.message_id:
+                states.append(event.message.state)
+            if event.message.state == gm.mailer_pb2.MESSAGE_STATE_SENT:
+                break
+        self.assertEqual(states, [
+            gm.mailer_pb2.MESSAGE_STATE_QUEUED,
+            gm.mailer_pb2.MESSAGE_STATE_SENDING,
+            gm.mailer_pb2.MESSAGE_STATE_SENT,
+        ])
+
+
 KEY = "gm_python-example-key-00000000000000000000000"
 
 
