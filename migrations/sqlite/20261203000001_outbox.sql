@@ -63,12 +63,14 @@ CREATE TABLE outbox_events (
 );
 CREATE INDEX outbox_events_by_time ON outbox_events (at);
 
--- Each mailbox's next free send slot and pause, one row per mailbox.
+-- Each mailbox's next free send slot and pause, one row per mailbox; `queue_end` is when the
+-- last message queued is expected to go (for QueueMail's estimate without counting the queue).
 CREATE TABLE mailbox_pacing (
     mailbox      TEXT PRIMARY KEY,
     next_send_at BIGINT NOT NULL,
     paused_until BIGINT,
-    pause_reason TEXT
+    pause_reason TEXT,
+    queue_end    BIGINT NOT NULL DEFAULT 0
 );
 
 -- What each mailbox sent (or has reserved to send), for the rolling limits.

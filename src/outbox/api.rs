@@ -76,12 +76,13 @@ impl Outbox {
             None,
         );
         let message_id = row.message_id.clone();
-        let (message_id, deduplicated) = match self.committer.commit(row.clone()).await? {
-            Queued::New => (message_id, false),
+        let (message_id, deduplicated, estimated) = match self.committer.commit(row.clone()).await?
+        {
+            Queued::New { estimate } => (message_id, false, estimate),
             Queued::Existing {
                 message_id: earlier,
                 request_hash,
-            } if request_hash == row.request_hash => (earlier, true),
+            } if request_hash == row.request_hash => (earlier, true, now),
             Queued::Existing {
                 message_id: earlier,
                 ..
@@ -94,18 +95,6 @@ impl Outbox {
         if !deduplicated {
             self.activity.changed();
         }
-        let ahead = self
-            .parts
-            .store
-            .queued_count(&mailbox)
-            .await?
-            .saturating_sub(1);
-        let estimated = self
-            .parts
-            .store
-            .estimate_send_at(&mailbox, ahead, &self.parts.settings.limits, now)
-            .await?
-            .max(send_at);
         Ok(QueueReceipt {
             message_id,
             deduplicated,
@@ -182,31 +171,20 @@ impl Outbox {
             caller: caller.name.clone(),
             accepted_at: now,
         };
-        let (batch_id, deduplicated, total) =
-            match self.parts.store.queue_batch(&batch, &rows).await? {
-                BatchQueued::New => (batch_id, false, count as u64),
+        let spacing = crate::store::spacing(&self.parts.settings.limits);
+        let (batch_id, deduplicated, total, done) =
+            match self.parts.store.queue_batch(&batch, &rows, spacing).await? {
+                BatchQueued::New { estimate } => (batch_id, false, count as u64, estimate),
                 BatchQueued::Existing {
                     batch_id: earlier,
                     request_hash: earlier_hash,
                     total,
-                } if earlier_hash == request_hash => (earlier, true, total),
+                } if earlier_hash == request_hash => (earlier, true, total, now),
                 BatchQueued::Existing {
                     batch_id: earlier, ..
                 } => return Err(Error::BatchKeyReused { batch_id: earlier }),
             };
         self.activity.changed();
-        let ahead = self
-            .parts
-            .store
-            .queued_count(&mailbox)
-            .await?
-            .saturating_sub(1);
-        let done = self
-            .parts
-            .store
-            .estimate_send_at(&mailbox, ahead, &self.parts.settings.limits, now)
-            .await?
-            .max(send_at);
         Ok(BulkReceipt {
             batch_id,
             deduplicated,

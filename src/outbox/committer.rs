@@ -5,6 +5,8 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use std::time::Duration;
+
 use crate::store::{NewQueued, Queued, Store, StoreError};
 
 /// At most this many messages share a transaction.
@@ -36,9 +38,11 @@ impl std::fmt::Debug for Pending {
 impl Committer {
     /// Starts the committer task; it ends when every handle is dropped, after committing what
     /// it was given.
-    pub fn start(store: Store) -> Self {
+    /// Starts the committer; `spacing` is the time between two sends of a mailbox (for the
+    /// estimates).
+    pub fn start(store: Store, spacing: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        tokio::spawn(run(store, receiver));
+        tokio::spawn(run(store, spacing, receiver));
         Self { sender }
     }
 
@@ -56,12 +60,12 @@ impl Committer {
     }
 }
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(store: Store, spacing: Duration, mut receiver: mpsc::Receiver<Pending>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
         let (rows, answers): (Vec<NewQueued>, Vec<_>) =
             group.drain(..).map(|p| (p.row, p.answer)).unzip();
-        match store.queue_messages(&rows).await {
+        match store.queue_messages(&rows, spacing).await {
             Ok(results) => {
                 for (answer, result) in answers.into_iter().zip(results) {
                     let _ = answer.send(Ok(result));

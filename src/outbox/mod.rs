@@ -66,7 +66,10 @@ impl Outbox {
     /// The outbox over `parts`; its group committer runs until the outbox is dropped.
     pub fn new(parts: Parts, activity: Arc<Activity>) -> Self {
         Self {
-            committer: committer::Committer::start(parts.store.clone()),
+            committer: committer::Committer::start(
+                parts.store.clone(),
+                crate::store::spacing(&parts.settings.limits),
+            ),
             parts,
             activity,
         }

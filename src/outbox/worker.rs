@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Activity, Parts, bulk::BulkTemplate, outcome};
 use crate::{
-    domain::OutgoingMessage,
+    domain::{Mailbox, OutgoingMessage},
     metrics, proto, requests,
     store::{ClaimedMessage, Outcome, Reservation, StoreError},
     transport::SendError,
@@ -28,6 +28,9 @@ use crate::{
 
 /// How often the workers look for due messages when nothing wakes them.
 pub const TICK: Duration = Duration::from_millis(200);
+
+/// Mailboxes whose messages are claimed at the same time.
+const PARALLEL_CLAIMS: usize = 8;
 
 /// Batch templates kept compiled, at most.
 const TEMPLATE_CACHE: usize = 64;
@@ -95,7 +98,8 @@ impl Workers {
         }
     }
 
-    /// Claims what is due now, a slot at a time, and starts sending it.
+    /// Claims what is due now, a slot at a time, and starts sending it; several mailboxes at
+    /// once, since each claim waits on the store.
     async fn dispatch(self: &Arc<Self>) -> Result<(), StoreError> {
         let free = self.permits.available_permits();
         if free == 0 {
@@ -109,35 +113,54 @@ impl Workers {
             .store
             .ready_mailboxes(now, horizon, limit)
             .await?;
+        let mut claims = tokio::task::JoinSet::new();
         for mailbox in mailboxes {
-            loop {
-                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                    return Ok(());
-                };
-                let lease_until = self.lease_until();
-                let reservation = self
-                    .parts
-                    .store
-                    .reserve_and_claim(
-                        &mailbox,
-                        &self.parts.settings.limits,
-                        &self.holder,
-                        lease_until,
-                        self.parts.clock.now(),
-                        horizon,
-                    )
-                    .await?;
-                match reservation {
-                    Reservation::Claimed { message, slot } => {
-                        self.start(&message.message_id);
-                        let this = self.clone();
-                        tokio::spawn(async move { this.deliver(message, slot, permit).await });
-                    }
-                    Reservation::NotBefore(_) | Reservation::Empty => break,
-                }
+            if self.permits.available_permits() == 0 {
+                break;
             }
+            while claims.len() >= PARALLEL_CLAIMS {
+                log_claim_error(claims.join_next().await);
+            }
+            let this = self.clone();
+            claims.spawn(async move { this.fill(mailbox, horizon).await });
+        }
+        while let Some(joined) = claims.join_next().await {
+            log_claim_error(Some(joined));
         }
         Ok(())
+    }
+
+    /// Claims the mailbox's messages whose slots come before `horizon`, while workers are free.
+    async fn fill(
+        self: Arc<Self>,
+        mailbox: Mailbox,
+        horizon: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return Ok(());
+            };
+            let reservation = self
+                .parts
+                .store
+                .reserve_and_claim(
+                    &mailbox,
+                    &self.parts.settings.limits,
+                    &self.holder,
+                    self.lease_until(),
+                    self.parts.clock.now(),
+                    horizon,
+                )
+                .await?;
+            match reservation {
+                Reservation::Claimed { message, slot } => {
+                    self.start(&message.message_id);
+                    let this = self.clone();
+                    tokio::spawn(async move { this.deliver(message, slot, permit).await });
+                }
+                Reservation::NotBefore(_) | Reservation::Empty => return Ok(()),
+            }
+        }
     }
 
     /// Sends one claimed message at its slot and records what happened.
@@ -159,8 +182,8 @@ impl Workers {
         self.finish(&id);
     }
 
-    /// Reads the message and marks it SENDING before its slot, so that at the slot nothing
-    /// stands between the clock and the request: the sends keep their spacing.
+    /// Reads the message (claimed SENDING) before its slot, so that at the slot nothing stands
+    /// between the clock and the request: the sends keep their spacing.
     async fn attempt(
         &self,
         message: &ClaimedMessage,
@@ -177,13 +200,6 @@ impl Workers {
                 return self.record(message, &outcome, None).await;
             }
         };
-        if !store
-            .mark_sending(id, &self.holder, self.parts.clock.now())
-            .await?
-        {
-            // Cancelled while it waited for its slot.
-            return Ok(());
-        }
         metrics::outbox_transition("sending");
         self.activity.events.notify_waiters();
         let wait = (slot - self.parts.clock.now()).to_std().unwrap_or_default();
@@ -330,6 +346,17 @@ impl Workers {
                 );
             }
         }
+    }
+}
+
+fn log_claim_error(joined: Option<Result<Result<(), StoreError>, tokio::task::JoinError>>) {
+    match joined {
+        Some(Ok(Err(error))) => tracing::warn!(
+            error = crate::telemetry::redact_addresses(&error.to_string()),
+            "outbox: cannot claim messages"
+        ),
+        Some(Err(error)) => tracing::error!(%error, "outbox: a claim task failed"),
+        _ => {}
     }
 }
 

@@ -170,6 +170,14 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
+        if backend == Backend::Sqlite {
+            // Write-ahead logging: readers never wait for the writer, and a commit is one
+            // append and one fsync (synchronous = FULL, SQLite's default: a committed message
+            // survives a power cut). The mode is kept in the file, so every connection uses it.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
         Ok(Self {
             pool,
             backend,

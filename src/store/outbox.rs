@@ -3,8 +3,9 @@
 //!
 //! Every state change writes an event row (`outbox_events`) in the same transaction as the
 //! change, copied from the message row it describes. On PostgreSQL those transactions take one
-//! advisory lock first, so events commit in the order of their sequence numbers and a watcher
-//! reading "after sequence n" never skips one that commits late; SQLite has one writer anyway.
+//! advisory lock before writing their events, so events commit in the order of their sequence
+//! numbers and a watcher reading "after sequence n" never skips one that commits late; SQLite
+//! has one writer anyway.
 
 use chrono::{DateTime, Utc};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
@@ -46,8 +47,8 @@ pub struct NewQueued {
 /// What became of one message put in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queued {
-    /// Stored now.
-    New,
+    /// Stored now; expected to go at `estimate`.
+    New { estimate: DateTime<Utc> },
     /// Its idempotency key was taken: the earlier message's id and request hash.
     Existing {
         message_id: String,
@@ -70,7 +71,8 @@ pub struct NewBatch {
 /// What became of a batch put in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchQueued {
-    New,
+    /// Stored now; its last message is expected to go at `estimate`.
+    New { estimate: DateTime<Utc> },
     /// Its idempotency key was taken.
     Existing {
         batch_id: String,
@@ -127,16 +129,9 @@ pub(super) const RECORD_COLUMNS: &str = "message_id, mailbox, batch_id, state, a
 const ROWS_PER_INSERT: usize = 200;
 
 impl Store {
-    /// Begins a transaction that will write events (ordered on PostgreSQL).
+    /// Begins a transaction that will write events (see [`record_events`] for their order).
     pub(super) async fn begin_with_events(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        if self.backend() == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(EVENTS_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(tx)
+        Ok(self.pool().begin().await?)
     }
 
     /// Tells the other replicas' workers that messages are due (PostgreSQL).
@@ -153,16 +148,25 @@ impl Store {
         Ok(())
     }
 
-    /// Puts messages in the outbox in one transaction (one fsync for the whole group).
-    pub async fn queue_messages(&self, rows: &[NewQueued]) -> Result<Vec<Queued>, StoreError> {
+    /// Puts messages in the outbox in one transaction (one fsync for the whole group), each
+    /// with the time it is expected to go (a slot every `spacing` per mailbox).
+    pub async fn queue_messages(
+        &self,
+        rows: &[NewQueued],
+        spacing: std::time::Duration,
+    ) -> Result<Vec<Queued>, StoreError> {
         let mut tx = self.begin_with_events().await?;
         let inserted = insert_messages(&mut tx, rows).await?;
+        let estimates = estimate(&mut tx, rows, &inserted, spacing).await?;
+        record_queued_events(&mut tx, rows, &inserted).await?;
         self.notify_queue(&mut tx).await?;
         tx.commit().await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
-            if inserted.contains(&row.message_id) {
-                results.push(Queued::New);
+            if let Some(estimate) = estimates.get(&row.message_id) {
+                results.push(Queued::New {
+                    estimate: from_millis(*estimate),
+                });
                 continue;
             }
             // Only a taken idempotency key stops an insert.
@@ -187,6 +191,7 @@ impl Store {
         &self,
         batch: &NewBatch,
         rows: &[NewQueued],
+        spacing: std::time::Duration,
     ) -> Result<BatchQueued, StoreError> {
         let mut tx = self.begin_with_events().await?;
         let inserted = sqlx::query(
@@ -221,15 +226,75 @@ impl Store {
                 total: u64::try_from(row.try_get::<i64, _>("total")?).unwrap_or(0),
             });
         }
-        insert_messages(&mut tx, rows).await?;
+        let inserted = insert_messages(&mut tx, rows).await?;
+        let estimates = estimate(&mut tx, rows, &inserted, spacing).await?;
+        record_queued_events(&mut tx, rows, &inserted).await?;
         self.notify_queue(&mut tx).await?;
         tx.commit().await?;
-        Ok(BatchQueued::New)
+        let last = estimates.values().max().copied().unwrap_or_default();
+        Ok(BatchQueued::New {
+            estimate: from_millis(last),
+        })
     }
 }
 
-/// Inserts the rows (and their QUEUED events); returns the ids actually inserted (a taken
-/// idempotency key skips its row).
+/// When each newly inserted message should go: after the mailbox's queue end (or its next
+/// slot, its pause, now, its own `send_at`), a slot apart; moves each mailbox's queue end.
+/// Constant work per mailbox, however long its queue.
+async fn estimate(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[NewQueued],
+    inserted: &[String],
+    spacing: std::time::Duration,
+) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let spacing = i64::try_from(spacing.as_millis()).unwrap_or(i64::MAX);
+    let inserted: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
+    let mut by_mailbox: std::collections::BTreeMap<&str, Vec<&NewQueued>> = Default::default();
+    for row in rows
+        .iter()
+        .filter(|r| inserted.contains(r.message_id.as_str()))
+    {
+        by_mailbox
+            .entry(row.mailbox.as_str())
+            .or_default()
+            .push(row);
+    }
+    let now = Utc::now().timestamp_millis();
+    let mut estimates = std::collections::HashMap::new();
+    for (mailbox, rows) in by_mailbox {
+        let pacing = sqlx::query(
+            "INSERT INTO mailbox_pacing (mailbox, next_send_at) VALUES ($1, 0) \
+             ON CONFLICT (mailbox) DO UPDATE SET mailbox = excluded.mailbox \
+             RETURNING next_send_at, paused_until, queue_end",
+        )
+        .bind(mailbox)
+        .fetch_one(&mut **tx)
+        .await?;
+        let next: i64 = pacing.try_get("next_send_at")?;
+        let paused: Option<i64> = pacing.try_get("paused_until")?;
+        let mut end = pacing.try_get::<i64, _>("queue_end")?.max(
+            next.max(paused.unwrap_or(0))
+                .max(now)
+                .saturating_sub(spacing),
+        );
+        for row in rows {
+            end = end
+                .saturating_add(spacing)
+                .max(row.send_at.timestamp_millis());
+            estimates.insert(row.message_id.clone(), end);
+        }
+        sqlx::query("UPDATE mailbox_pacing SET queue_end = $2 WHERE mailbox = $1")
+            .bind(mailbox)
+            .bind(end)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(estimates)
+}
+
+/// Inserts the rows; returns the ids actually inserted (a taken idempotency key skips its
+/// row). The caller records their QUEUED events last: the events lock is always the last lock
+/// a transaction takes, or two transactions could each wait for the other's.
 async fn insert_messages(
     tx: &mut Transaction<'static, Any>,
     rows: &[NewQueued],
@@ -280,13 +345,24 @@ async fn insert_messages(
             .iter()
             .map(|r| r.try_get::<String, _>("message_id"))
             .collect::<Result<_, _>>()?;
-        record_events(tx, &ids, chunk.first().map(|r| r.accepted_at)).await?;
         inserted.extend(ids);
     }
     Ok(inserted)
 }
 
-/// Writes one event per message from its current row.
+/// The QUEUED events of the messages inserted, stamped with their acceptance time.
+async fn record_queued_events(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[NewQueued],
+    inserted: &[String],
+) -> Result<(), StoreError> {
+    let accepted_at = rows.first().map(|r| r.accepted_at);
+    record_events(tx, inserted, accepted_at).await
+}
+
+/// Writes one event per message from its current row. On PostgreSQL the transaction first
+/// takes the events lock (held to its commit, so taken as late as possible): sequence numbers
+/// are then assigned, and committed, in order.
 pub(super) async fn record_events(
     tx: &mut Transaction<'static, Any>,
     ids: &[String],
@@ -294,6 +370,12 @@ pub(super) async fn record_events(
 ) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
+    }
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENTS_LOCK)
+            .execute(&mut **tx)
+            .await?;
     }
     let at = at.unwrap_or_else(Utc::now).timestamp_millis();
     for chunk in ids.chunks(ROWS_PER_INSERT) {

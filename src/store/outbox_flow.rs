@@ -51,34 +51,6 @@ pub enum Outcome {
 }
 
 impl Store {
-    /// The message becomes SENDING: from now on it may reach Microsoft.
-    pub async fn mark_sending(
-        &self,
-        id: &str,
-        holder: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_with_events().await?;
-        let updated = sqlx::query(
-            "UPDATE outbox_messages SET state = $1, attempts = attempts + 1, \
-               sending_since = $2, next_attempt_at = NULL \
-             WHERE message_id = $3 AND lease_holder = $4 AND state = $5",
-        )
-        .bind(MessageState::Sending)
-        .bind(now.timestamp_millis())
-        .bind(id)
-        .bind(holder)
-        .bind(MessageState::Queued)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            record_events(&mut tx, &[id.to_owned()], Some(now)).await?;
-        }
-        tx.commit().await?;
-        Ok(updated == 1)
-    }
-
     /// Records how an attempt (or a look-up) ended, and gives the lease back.
     pub async fn finish_attempt(
         &self,

@@ -15,6 +15,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::{
     Backend, ConnectionState, MessageState, Store, StoreError,
+    outbox::record_events,
     outbox_flow::{CLAIMED_COLUMNS, ClaimedMessage, claimed_from_row},
 };
 use crate::{clock::from_millis, domain::Mailbox, settings::PacingLimits};
@@ -85,8 +86,8 @@ impl Store {
             .collect()
     }
 
-    /// Reserves the mailbox's next slot and claims its oldest due message for it, if the slot
-    /// is before `horizon` and the rolling limits leave room.
+    /// Reserves the mailbox's next slot and claims its oldest due message for it (SENDING from
+    /// now on), if the slot is before `horizon` and the rolling limits leave room.
     pub async fn reserve_and_claim(
         &self,
         mailbox: &Mailbox,
@@ -148,13 +149,25 @@ impl Store {
         .bind(usage.upload_bytes)
         .execute(&mut *tx)
         .await?;
+        // From here on the message may reach Microsoft: SENDING, in the claim's own
+        // transaction, so its send at the slot waits for nothing.
         sqlx::query(
-            "UPDATE outbox_messages SET lease_holder = $1, lease_until = $2 WHERE message_id = $3",
+            "UPDATE outbox_messages SET lease_holder = $1, lease_until = $2, state = $3, \
+               attempts = attempts + 1, sending_since = $4, next_attempt_at = NULL \
+             WHERE message_id = $5",
         )
         .bind(holder)
         .bind(lease_until.timestamp_millis())
+        .bind(MessageState::Sending)
+        .bind(now_ms)
         .bind(&message.message_id)
         .execute(&mut *tx)
+        .await?;
+        record_events(
+            &mut tx,
+            std::slice::from_ref(&message.message_id),
+            Some(now),
+        )
         .await?;
         tx.commit().await?;
         Ok(Reservation::Claimed {
