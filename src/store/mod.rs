@@ -1,4 +1,5 @@
-//! Persistence: connections (with encrypted tokens), pending sign-ins and idempotency keys.
+//! Persistence: connections (with encrypted tokens), pending sign-ins, idempotency keys and
+//! the outbox.
 //!
 //! One [`Store`] over sqlx's Any driver serves both backends with the same SQL: SQLite (the
 //! embedded default, one file in the data directory) and PostgreSQL (several replicas sharing
@@ -11,11 +12,15 @@
 //! [`sign_ins`] (pending sign-in links), [`idempotency`] (idempotency keys), [`tokens`]
 //! (a mailbox's tokens, written with a compare-and-set) and [`leases`] (the token lease and
 //! the mailbox request slots replicas share). [`states`] holds the states kept as text.
+//! The outbox: [`outbox`] (queueing and events), [`outbox_flow`] (attempts, cancels,
+//! recovery), [`outbox_reads`], [`pacing`] (slots and rolling limits), [`queue_stats`].
+//! `nodelay` works around a sqlx 0.9.0 regression on PostgreSQL sockets.
 
 pub(crate) mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod leases;
 pub(crate) mod mailboxes;
+mod nodelay;
 pub(crate) mod outbox;
 pub(crate) mod outbox_flow;
 pub(crate) mod outbox_reads;
@@ -162,14 +167,18 @@ impl Store {
             create_sqlite_parent_dir(url.expose())?;
         }
         let options = AnyConnectOptions::from_str(url.expose())?;
-        let pool = AnyPoolOptions::new()
+        let mut pool_options = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Postgres {
+            pool_options = pool_options.after_connect(|connection, _| {
+                Box::pin(async move { nodelay::disable_nagle(connection).await })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
         if backend == Backend::Sqlite {
             // Write-ahead logging: readers never wait for the writer, and a commit is one
             // append and one fsync (synchronous = FULL, SQLite's default: a committed message
