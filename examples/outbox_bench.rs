@@ -4,7 +4,7 @@
 //! refuses any send over it.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example outbox_bench -- [--seconds 5] [--rounds 3]
+//! cargo build --release && cargo run --release --example outbox_bench -- [--seconds 5] [--rounds 3] [--only mailboxes]
 //! ```
 //!
 //! PostgreSQL is the local server (`GRAPH_MAILER_TEST_POSTGRES_URL`, by default
@@ -36,12 +36,21 @@ use sqlx::Connection;
 struct Options {
     seconds: u64,
     rounds: usize,
+    /// Only the benchmarks whose names contain this (`queue`, `bulk`, `mailboxes`).
+    only: Option<String>,
+}
+
+impl Options {
+    fn runs(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| name.contains(only))
+    }
 }
 
 fn options() -> Options {
     let mut options = Options {
         seconds: 5,
         rounds: 3,
+        only: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -49,8 +58,11 @@ fn options() -> Options {
         match (pair[0].as_str(), value) {
             ("--seconds", Some(v)) => options.seconds = v,
             ("--rounds", Some(v)) => options.rounds = v as usize,
+            ("--only", _) if pair.len() == 2 => options.only = Some(pair[1].clone()),
             _ => {
-                eprintln!("usage: outbox_bench [--seconds N] [--rounds N]");
+                eprintln!(
+                    "usage: outbox_bench [--seconds N] [--rounds N] [--only queue|bulk|mailboxes]"
+                );
                 std::process::exit(2);
             }
         }
@@ -247,7 +259,34 @@ async fn main() {
             .unwrap_or(0)
     );
     println!();
-    let sqlite = accept_rounds(&[], &options).await;
+    if options.runs("queue") {
+        queue_benchmarks(&options).await;
+    }
+    if options.runs("bulk") {
+        let (accepted_in, rate, configured) = bulk(options.seconds * 3).await;
+        println!(
+            "| SendBulk, 10,000 recipients | SQLite | accepted in {:.2} s; then {:.2} messages/s delivered against {:.2} configured ({:.1} %) |",
+            accepted_in.as_secs_f64(),
+            rate,
+            configured,
+            rate / configured * 100.0
+        );
+    }
+    if options.runs("mailboxes") {
+        let (rate, allowed, refusals) = hundred_mailboxes(options.seconds * 3).await;
+        println!(
+            "| 100 mailboxes at 120/min each | SQLite | {:.1} messages/s delivered of {:.0} allowed ({:.1} %), {} 429s provoked |",
+            rate,
+            allowed,
+            rate / allowed * 100.0,
+            refusals
+        );
+    }
+}
+
+/// QueueMail's throughput on SQLite, then on PostgreSQL.
+async fn queue_benchmarks(options: &Options) {
+    let sqlite = accept_rounds(&[], options).await;
     println!("| QueueMail, 64 callers, 2 KB, durable | SQLite | {sqlite} |");
     match postgres_database().await {
         Some((url, admin, name)) => {
@@ -258,26 +297,10 @@ async fn main() {
                     "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
                 ),
             ];
-            let postgres = accept_rounds(&env, &options).await;
+            let postgres = accept_rounds(&env, options).await;
             println!("| QueueMail, 64 callers, 2 KB, durable | PostgreSQL | {postgres} |");
             drop_database(&admin, &name).await;
         }
         None => println!("| QueueMail | PostgreSQL | no server reachable: skipped |"),
     }
-    let (accepted_in, rate, configured) = bulk(options.seconds * 3).await;
-    println!(
-        "| SendBulk, 10,000 recipients | SQLite | accepted in {:.2} s; then {:.2} messages/s delivered against {:.2} configured ({:.1} %) |",
-        accepted_in.as_secs_f64(),
-        rate,
-        configured,
-        rate / configured * 100.0
-    );
-    let (rate, allowed, refusals) = hundred_mailboxes(options.seconds * 3).await;
-    println!(
-        "| 100 mailboxes at 120/min each | SQLite | {:.1} messages/s delivered of {:.0} allowed ({:.1} %), {} 429s provoked |",
-        rate,
-        allowed,
-        rate / allowed * 100.0,
-        refusals
-    );
 }

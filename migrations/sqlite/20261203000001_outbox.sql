@@ -42,7 +42,7 @@ CREATE TABLE outbox_messages (
     UNIQUE (mailbox, idem_key)
 );
 CREATE INDEX outbox_messages_due ON outbox_messages (state, next_attempt_at);
-CREATE INDEX outbox_messages_by_mailbox ON outbox_messages (mailbox, state);
+CREATE INDEX outbox_messages_by_mailbox ON outbox_messages (mailbox, state, next_attempt_at);
 CREATE INDEX outbox_messages_by_batch ON outbox_messages (batch_id);
 CREATE INDEX outbox_messages_by_age ON outbox_messages (accepted_at);
 

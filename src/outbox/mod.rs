@@ -5,7 +5,8 @@
 //! - [`committer`]: group commit: concurrent QueueMail calls share one transaction.
 //! - [`bulk`]: SendBulk's templates.
 //! - [`worker`]: claims due messages slot by slot (pacing shared by replicas through the
-//!   store) and sends them; `outcome` decides what each answer means.
+//!   store) and sends them; `outcome` decides what each answer means; `cadence` keeps the
+//!   actual departures a slot apart; `stored` reads a claimed message back as its request.
 //! - [`recovery`]: messages whose replica stopped, ambiguous answers looked up in Sent Items,
 //!   messages too old, retention.
 //! - [`watch`]: WatchMessages' event stream.
@@ -14,10 +15,12 @@
 
 mod api;
 pub mod bulk;
+mod cadence;
 mod committer;
 mod outcome;
 pub mod recovery;
 mod status;
+mod stored;
 mod watch;
 pub mod worker;
 

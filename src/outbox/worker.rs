@@ -4,24 +4,25 @@
 //! if the replica stops, the lease runs out and the message is picked up again — as UNKNOWN,
 //! looked up in Sent Items first, if it had begun to be sent.
 //!
-//! No transaction is held across a Graph call: the claim commits before the send, the message
-//! turns SENDING in a transaction of its own, and the outcome is written after the answer.
+//! No transaction is held across a Graph call: the claim (which makes the message SENDING)
+//! commits before the send, and the outcome is written after the answer. Claims run ahead of
+//! the slots by up to two ticks; the number of requests to Microsoft at once is
+//! `GRAPH_MAILER_OUTBOX_WORKERS`, taken at the slot.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Activity, Parts, bulk::BulkTemplate, outcome};
+use super::{Activity, Parts, cadence::Cadence, outcome, stored::StoredMessages};
 use crate::{
     domain::{Mailbox, OutgoingMessage},
-    metrics, proto, requests,
+    metrics,
     store::{ClaimedMessage, Outcome, Reservation, StoreError},
     transport::SendError,
 };
@@ -32,8 +33,9 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// Mailboxes whose messages are claimed at the same time.
 const PARALLEL_CLAIMS: usize = 8;
 
-/// Batch templates kept compiled, at most.
-const TEMPLATE_CACHE: usize = 64;
+/// Messages claimed and waiting for their slots, per worker: a message is claimed up to two
+/// ticks before its slot, and many mailboxes each have one waiting.
+const CLAIMED_AHEAD_PER_WORKER: usize = 4;
 
 /// One replica's workers.
 #[derive(Debug)]
@@ -42,28 +44,36 @@ pub struct Workers {
     activity: Arc<Activity>,
     /// This replica's name on its leases.
     pub(super) holder: String,
-    permits: Arc<Semaphore>,
+    /// Messages claimed and not finished, at most.
+    claimed: Arc<Semaphore>,
+    /// Requests to Microsoft at once (`GRAPH_MAILER_OUTBOX_WORKERS`), taken at the slot.
+    sending: Arc<Semaphore>,
+    /// The actual departures, kept a slot apart.
+    cadence: Cadence,
+    /// Whether a dispatch stopped for want of claim room (a finish then wakes the workers).
+    starved: std::sync::atomic::AtomicBool,
     /// Messages this replica is working on (their leases are renewed).
     working: Mutex<HashSet<String>>,
-    templates: Mutex<HashMap<String, Arc<BulkTemplate>>>,
-}
-
-impl std::fmt::Debug for BulkTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BulkTemplate")
-    }
+    stored: StoredMessages,
 }
 
 impl Workers {
     pub fn new(parts: Parts, activity: Arc<Activity>) -> Arc<Self> {
-        let permits = Arc::new(Semaphore::new(parts.settings.workers));
+        let workers = parts.settings.workers.max(1);
+        let claimed = Arc::new(Semaphore::new(workers * CLAIMED_AHEAD_PER_WORKER));
+        let sending = Arc::new(Semaphore::new(workers));
+        let cadence = Cadence::new(crate::store::spacing(&parts.settings.limits));
+        let stored = StoredMessages::new(parts.store.clone(), parts.max_message_bytes);
         Arc::new(Self {
             parts,
             activity,
             holder: uuid::Uuid::new_v4().to_string(),
-            permits,
+            claimed,
+            sending,
+            starved: std::sync::atomic::AtomicBool::new(false),
+            cadence,
             working: Mutex::new(HashSet::new()),
-            templates: Mutex::new(HashMap::new()),
+            stored,
         })
     }
 
@@ -86,8 +96,9 @@ impl Workers {
                 );
             }
         }
-        let all = u32::try_from(self.parts.settings.workers).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(drain, self.permits.acquire_many(all)).await;
+        let all = u32::try_from(self.parts.settings.workers.max(1) * CLAIMED_AHEAD_PER_WORKER)
+            .unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(drain, self.claimed.acquire_many(all)).await;
         if drained.is_err() {
             tracing::warn!("outbox: sends still in flight at the end of the drain time");
         }
@@ -101,8 +112,10 @@ impl Workers {
     /// Claims what is due now, a slot at a time, and starts sending it; several mailboxes at
     /// once, since each claim waits on the store.
     async fn dispatch(self: &Arc<Self>) -> Result<(), StoreError> {
-        let free = self.permits.available_permits();
+        let free = self.claimed.available_permits();
         if free == 0 {
+            self.starved
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         let now = self.parts.clock.now();
@@ -115,7 +128,9 @@ impl Workers {
             .await?;
         let mut claims = tokio::task::JoinSet::new();
         for mailbox in mailboxes {
-            if self.permits.available_permits() == 0 {
+            if self.claimed.available_permits() == 0 {
+                self.starved
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
             while claims.len() >= PARALLEL_CLAIMS {
@@ -137,7 +152,9 @@ impl Workers {
         horizon: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         loop {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Ok(permit) = self.claimed.clone().try_acquire_owned() else {
+                self.starved
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             };
             let reservation = self
@@ -168,7 +185,7 @@ impl Workers {
         self: Arc<Self>,
         message: ClaimedMessage,
         slot: DateTime<Utc>,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let id = message.message_id.clone();
         if let Err(error) = self.attempt(&message, slot).await {
@@ -180,6 +197,13 @@ impl Workers {
             );
         }
         self.finish(&id);
+        drop(permit);
+        if self
+            .starved
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.activity.work.notify_waiters();
+        }
     }
 
     /// Reads the message (claimed SENDING) before its slot, so that at the slot nothing stands
@@ -207,6 +231,13 @@ impl Workers {
             metrics::outbox_pacing_delay(wait.as_secs_f64());
             tokio::time::sleep(wait).await;
         }
+        // Closed only with the workers, which are still running.
+        let _sending = self.sending.acquire().await;
+        let departure = self.cadence.book(
+            message.mailbox.as_str(),
+            tokio::time::Instant::now().into_std(),
+        );
+        tokio::time::sleep_until(departure.into()).await;
         let result = self
             .parts
             .post_office
@@ -251,7 +282,9 @@ impl Workers {
             {
                 Ok(()) => {
                     metrics::outbox_transition(outcome_label(outcome));
-                    self.activity.changed();
+                    // Watchers look; workers are woken by `deliver` only if they wait for
+                    // room (a finish makes nothing new due).
+                    self.activity.events.notify_waiters();
                     return Ok(());
                 }
                 Err(error) => last = Some(error),
@@ -261,41 +294,9 @@ impl Workers {
         Err(last.unwrap_or(StoreError::Group("no attempt was made".to_owned())))
     }
 
-    /// The message as it was queued: its request, or its batch's template rendered for it.
+    /// The message as it was queued (see [`StoredMessages`]).
     pub(super) async fn load(&self, message: &ClaimedMessage) -> Result<OutgoingMessage, String> {
-        let (body, template) = self
-            .parts
-            .store
-            .message_body(&message.message_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("its body is gone")?;
-        let request = match (template, &message.batch_id) {
-            (Some(template), Some(batch_id)) => {
-                let recipient =
-                    proto::BulkRecipient::decode(body.as_slice()).map_err(|e| e.to_string())?;
-                let compiled = self.template(batch_id, &template)?;
-                compiled.render(0, &recipient).map_err(|e| e.to_string())?
-            }
-            _ => proto::SendMailRequest::decode(body.as_slice()).map_err(|e| e.to_string())?,
-        };
-        requests::send_request(request, self.parts.max_message_bytes)
-            .map(|parsed| parsed.message)
-            .map_err(|e| e.to_string())
-    }
-
-    fn template(&self, batch_id: &str, encoded: &[u8]) -> Result<Arc<BulkTemplate>, String> {
-        let mut cache = self.templates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(compiled) = cache.get(batch_id) {
-            return Ok(compiled.clone());
-        }
-        let template = proto::SendMailRequest::decode(encoded).map_err(|e| e.to_string())?;
-        let compiled = Arc::new(BulkTemplate::compile(template).map_err(|e| e.to_string())?);
-        if cache.len() >= TEMPLATE_CACHE {
-            cache.clear();
-        }
-        cache.insert(batch_id.to_owned(), compiled.clone());
-        Ok(compiled)
+        self.stored.load(message).await
     }
 
     fn lease_until(&self) -> DateTime<Utc> {

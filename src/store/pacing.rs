@@ -63,16 +63,19 @@ impl Store {
         horizon: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Mailbox>, StoreError> {
+        // Every mailbox with a queued message has a pacing row (queueing writes its queue
+        // end), so the query starts from the few pacing rows, not the many messages: one index
+        // probe per mailbox, run at every tick.
         let rows = sqlx::query(
-            "SELECT DISTINCT o.mailbox FROM outbox_messages o \
-               LEFT JOIN mailbox_pacing p ON p.mailbox = o.mailbox \
-               LEFT JOIN mailboxes m ON m.mailbox = o.mailbox \
-             WHERE o.state = $1 AND o.next_attempt_at <= $2 \
-               AND (o.lease_until IS NULL OR o.lease_until < $2) \
-               AND (p.mailbox IS NULL OR (p.next_send_at <= $3 \
-                    AND (p.paused_until IS NULL OR p.paused_until <= $2))) \
+            "SELECT p.mailbox FROM mailbox_pacing p \
+               LEFT JOIN mailboxes m ON m.mailbox = p.mailbox \
+             WHERE p.next_send_at <= $3 \
+               AND (p.paused_until IS NULL OR p.paused_until <= $2) \
                AND (m.state IS NULL OR m.state <> $4) \
-             LIMIT $5",
+               AND EXISTS (SELECT 1 FROM outbox_messages o \
+                 WHERE o.mailbox = p.mailbox AND o.state = $1 AND o.next_attempt_at <= $2 \
+                   AND (o.lease_until IS NULL OR o.lease_until < $2)) \
+             ORDER BY p.next_send_at LIMIT $5",
         )
         .bind(MessageState::Queued)
         .bind(now.timestamp_millis())
@@ -97,13 +100,6 @@ impl Store {
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
     ) -> Result<Reservation, StoreError> {
-        sqlx::query(
-            "INSERT INTO mailbox_pacing (mailbox, next_send_at) VALUES ($1, 0) \
-             ON CONFLICT (mailbox) DO NOTHING",
-        )
-        .bind(mailbox.as_str())
-        .execute(self.pool())
-        .await?;
         let mut tx = self.pool().begin().await?;
         let (next_send_at, paused_until) = lock_pacing(self.backend(), &mut tx, mailbox).await?;
         let now_ms = now.timestamp_millis();
@@ -212,16 +208,20 @@ async fn lock_pacing(
     tx: &mut Transaction<'static, Any>,
     mailbox: &Mailbox,
 ) -> Result<(i64, Option<i64>), StoreError> {
+    // Written first, the row exists below; on SQLite this first write also takes the write
+    // lock for the whole transaction (the equivalent of PostgreSQL's row lock).
+    sqlx::query(
+        "INSERT INTO mailbox_pacing (mailbox, next_send_at) VALUES ($1, 0) \
+         ON CONFLICT (mailbox) DO UPDATE SET next_send_at = mailbox_pacing.next_send_at",
+    )
+    .bind(mailbox.as_str())
+    .execute(&mut **tx)
+    .await?;
     let select = match backend {
         Backend::Postgres => {
             "SELECT next_send_at, paused_until FROM mailbox_pacing WHERE mailbox = $1 FOR UPDATE"
         }
         Backend::Sqlite => {
-            // A write first takes SQLite's write lock for the whole transaction.
-            sqlx::query("UPDATE mailbox_pacing SET next_send_at = next_send_at WHERE mailbox = $1")
-                .bind(mailbox.as_str())
-                .execute(&mut **tx)
-                .await?;
             "SELECT next_send_at, paused_until FROM mailbox_pacing WHERE mailbox = $1"
         }
     };
