@@ -95,7 +95,7 @@ variables! {
     LIMIT_EXTERNAL_RECIPIENTS_PER_DAY, "–", "outbox: recipients outside the mailbox's domain in a rolling 24 hours; unset: no limit";
     OUTBOX_MAX_AGE_SECONDS, "`86400`", "outbox: a message not sent this long after it was queued is FAILED with its last error";
     OUTBOX_RETENTION_SECONDS, "`604800`", "outbox: how long the status of a finished message (and its events) is kept; bodies go when it finishes";
-    OUTBOX_WORKERS, "`32`", "outbox: messages one replica sends at once";
+    OUTBOX_WORKERS, "`32`", "outbox: Graph sends one replica makes at once (messages waiting for their slot hold none)";
     OUTBOX_LEASE_SECONDS, "`60`", "outbox: how long a replica's claim on a message lasts unless renewed; a stopped replica's messages are picked up after it";
     OUTBOX_RETRY_BASE_SECONDS, "`30`", "outbox: the first retry after a transient failure; doubled each time (full jitter) up to an hour";
     SHUTDOWN_DRAIN_SECONDS, "`30`", "how long in-flight calls may finish after SIGTERM";

@@ -6,7 +6,8 @@
 //! - [`bulk`]: SendBulk's templates.
 //! - [`worker`]: claims due messages slot by slot (pacing shared by replicas through the
 //!   store) and sends them; `outcome` decides what each answer means; `cadence` keeps the
-//!   actual departures a slot apart; `stored` reads a claimed message back as its request.
+//!   actual departures a slot apart; `in_work` what a replica has claimed and begun;
+//!   `stored` reads a claimed message back as its request.
 //! - [`recovery`]: messages whose replica stopped, ambiguous answers looked up in Sent Items,
 //!   messages too old, retention.
 //! - [`watch`]: WatchMessages' event stream.
@@ -17,6 +18,7 @@ mod api;
 pub mod bulk;
 mod cadence;
 mod committer;
+mod in_work;
 mod outcome;
 pub mod recovery;
 mod status;

@@ -9,17 +9,12 @@
 //! the slots by up to two ticks; the number of requests to Microsoft at once is
 //! `GRAPH_MAILER_OUTBOX_WORKERS`, taken at the slot.
 
-use std::{
-    collections::HashSet,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Activity, Parts, cadence::Cadence, outcome, stored::StoredMessages};
+use super::{Activity, Parts, cadence::Cadence, in_work::InWork, outcome, stored::StoredMessages};
 use crate::{
     domain::{Mailbox, OutgoingMessage},
     metrics,
@@ -52,8 +47,8 @@ pub struct Workers {
     cadence: Cadence,
     /// Whether a dispatch stopped for want of claim room (a finish then wakes the workers).
     starved: std::sync::atomic::AtomicBool,
-    /// Messages this replica is working on (their leases are renewed).
-    working: Mutex<HashSet<String>>,
+    /// Messages this replica has claimed (their leases are renewed).
+    in_work: InWork,
     stored: StoredMessages,
 }
 
@@ -72,7 +67,7 @@ impl Workers {
             sending,
             starved: std::sync::atomic::AtomicBool::new(false),
             cadence,
-            working: Mutex::new(HashSet::new()),
+            in_work: InWork::default(),
             stored,
         })
     }
@@ -103,9 +98,15 @@ impl Workers {
             tracing::warn!("outbox: sends still in flight at the end of the drain time");
         }
         renewal.abort();
-        let claimed: Vec<String> = self.working_ids();
-        for id in claimed {
-            let _ = self.parts.store.release_claim(&id, &self.holder).await;
+        for id in self.in_work.stop() {
+            if let Err(error) = self.parts.store.release_claim(&id, &self.holder).await {
+                tracing::warn!(
+                    message_id = id,
+                    error = crate::telemetry::redact_addresses(&error.to_string()),
+                    "outbox: cannot give a claimed message back; it is picked up when its \
+                     lease runs out"
+                );
+            }
         }
     }
 
@@ -171,7 +172,7 @@ impl Workers {
                 .await?;
             match reservation {
                 Reservation::Claimed { message, slot } => {
-                    self.start(&message.message_id);
+                    self.in_work.claimed(&message.message_id);
                     let this = self.clone();
                     tokio::spawn(async move { this.deliver(message, slot, permit).await });
                 }
@@ -196,7 +197,7 @@ impl Workers {
                  will be looked up"
             );
         }
-        self.finish(&id);
+        self.in_work.finished(&id);
         drop(permit);
         if self
             .starved
@@ -233,6 +234,10 @@ impl Workers {
         }
         // Closed only with the workers, which are still running.
         let _sending = self.sending.acquire().await;
+        if !self.in_work.begin(id) {
+            // Stopping: the message is given back to the queue, unsent.
+            return Ok(());
+        }
         let departure = self.cadence.book(
             message.mailbox.as_str(),
             tokio::time::Instant::now().into_std(),
@@ -303,35 +308,12 @@ impl Workers {
         Utc::now() + chrono::Duration::from_std(self.parts.settings.lease).unwrap_or_default()
     }
 
-    fn start(&self, id: &str) {
-        self.working
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned());
-    }
-
-    fn finish(&self, id: &str) {
-        self.working
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    fn working_ids(&self) -> Vec<String> {
-        self.working
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
     /// Renews the leases of the messages in work, every third of a lease.
     async fn renew_leases(self: Arc<Self>) {
         let every = self.parts.settings.lease / 3;
         loop {
             tokio::time::sleep(every).await;
-            let ids = self.working_ids();
+            let ids = self.in_work.ids();
             if ids.is_empty() {
                 continue;
             }

@@ -104,17 +104,29 @@ impl Store {
         Ok(())
     }
 
-    /// Gives back a claimed message that was not sent (shutdown, or its slot was lost).
+    /// Gives back a claimed message whose send never began (shutdown): QUEUED again, due now,
+    /// the attempt its claim counted undone.
     pub async fn release_claim(&self, id: &str, holder: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox_messages SET lease_holder = NULL, lease_until = NULL \
-             WHERE message_id = $1 AND lease_holder = $2 AND state = $3",
+        let now = Utc::now();
+        let mut tx = self.begin_with_events().await?;
+        let updated = sqlx::query(
+            "UPDATE outbox_messages SET state = $1, next_attempt_at = $2, sending_since = NULL, \
+               attempts = attempts - 1, lease_holder = NULL, lease_until = NULL \
+             WHERE message_id = $3 AND lease_holder = $4 AND state = $5",
         )
+        .bind(MessageState::Queued)
+        .bind(now.timestamp_millis())
         .bind(id)
         .bind(holder)
-        .bind(MessageState::Queued)
-        .execute(self.pool())
-        .await?;
+        .bind(MessageState::Sending)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            record_events(&mut tx, &[id.to_owned()], Some(now)).await?;
+        }
+        self.notify_queue(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -244,3 +244,50 @@ async fn batch_ids(
         token = page.next_page_token;
     }
 }
+
+#[tokio::test]
+async fn a_sigterm_gives_back_claimed_messages_whose_send_had_not_begun() {
+    let ms = Microsoft::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut env = crash_env(&ms);
+    env.extend([
+        ("OUTBOX_WORKERS", "1".to_owned()),
+        ("SHUTDOWN_DRAIN_SECONDS", "1".to_owned()),
+    ]);
+    let mut first = connected(&ms, data.path(), &env).await;
+    // One send at a time, and the first one outlasts the drain: the other messages are
+    // claimed (SENDING) and wait for the send permit when SIGTERM comes.
+    ms.graph.set_latency(Duration::from_secs(4));
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let mut message = simple_message(MAILBOX);
+        message.subject = format!("m{i}");
+        ids.push(queue(&mut first.client, message).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.service.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.service.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM did not stop the service"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+    ms.graph.set_latency(Duration::ZERO);
+    let mut second = start(&ms, data.path(), &env).await;
+    let accepted: HashSet<String> = ids.iter().cloned().collect();
+    wait_accepted(&ms, accepted.len(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    exactly_once(&ms, &accepted);
+    // Given back, they went out on their first real attempt; only the message whose send was
+    // under way when the service stopped had to be looked up and sent again.
+    let mut once = 0;
+    for id in &ids {
+        let status = crate::outbox::status(&mut second.client, id).await;
+        assert_eq!(status.state(), MessageState::Sent);
+        once += usize::from(status.attempts == 1);
+    }
+    assert!(once >= 9, "only {once} of 10 sent at their first attempt");
+}
