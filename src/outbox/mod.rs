@@ -2,7 +2,8 @@
 //! service delivers it as fast as the mailbox's limits allow, survives crashes, and tells what
 //! became of every message.
 //!
-//! - [`committer`]: group commit: concurrent QueueMail calls share one transaction.
+//! - [`committer`]: group commit: concurrent QueueMail calls share one transaction, and so
+//!   do the outcomes the workers record.
 //! - [`bulk`]: SendBulk's templates.
 //! - [`worker`]: claims due messages slot by slot (pacing shared by replicas through the
 //!   store) and sends them; `outcome` decides what each answer means; `cadence` keeps the
@@ -59,11 +60,23 @@ impl Activity {
     }
 }
 
+/// The group committer of QueueMail's messages.
+fn queue_committer(
+    parts: &Parts,
+) -> committer::Committer<crate::store::NewQueued, crate::store::Queued> {
+    let store = parts.store.clone();
+    let spacing = crate::store::spacing(&parts.settings.limits);
+    committer::Committer::start("queued messages", move |rows| {
+        let store = store.clone();
+        async move { store.queue_messages(&rows, spacing).await }
+    })
+}
+
 /// The outbox's RPC side.
 #[derive(Debug)]
 pub struct Outbox {
     parts: Parts,
-    committer: committer::Committer,
+    committer: committer::Committer<crate::store::NewQueued, crate::store::Queued>,
     activity: Arc<Activity>,
 }
 
@@ -71,10 +84,7 @@ impl Outbox {
     /// The outbox over `parts`; its group committer runs until the outbox is dropped.
     pub fn new(parts: Parts, activity: Arc<Activity>) -> Self {
         Self {
-            committer: committer::Committer::start(
-                parts.store.clone(),
-                crate::store::spacing(&parts.settings.limits),
-            ),
+            committer: queue_committer(&parts),
             parts,
             activity,
         }

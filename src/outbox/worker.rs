@@ -14,11 +14,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Activity, Parts, cadence::Cadence, in_work::InWork, outcome, stored::StoredMessages};
+use super::{
+    Activity, Parts, cadence::Cadence, committer::Committer, in_work::InWork, outcome,
+    stored::StoredMessages,
+};
 use crate::{
     domain::{Mailbox, OutgoingMessage},
     metrics,
-    store::{ClaimedMessage, Outcome, Reservation, StoreError},
+    store::{ClaimedMessage, Finish, Outcome, Reservation, StoreError},
     transport::SendError,
 };
 
@@ -47,6 +50,8 @@ pub struct Workers {
     cadence: Cadence,
     /// Whether a dispatch stopped for want of claim room (a finish then wakes the workers).
     starved: std::sync::atomic::AtomicBool,
+    /// Outcomes are written in groups (one commit for the sends that ended together).
+    outcomes: Committer<Finish, ()>,
     /// Messages this replica has claimed (their leases are renewed).
     in_work: InWork,
     stored: StoredMessages,
@@ -59,6 +64,14 @@ impl Workers {
         let sending = Arc::new(Semaphore::new(workers));
         let cadence = Cadence::new(crate::store::spacing(&parts.settings.limits));
         let stored = StoredMessages::new(parts.store.clone(), parts.max_message_bytes);
+        let store = parts.store.clone();
+        let outcomes = Committer::start("outcomes", move |finishes: Arc<[Finish]>| {
+            let store = store.clone();
+            async move {
+                store.finish_attempts(&finishes).await?;
+                Ok(vec![(); finishes.len()])
+            }
+        });
         Arc::new(Self {
             parts,
             activity,
@@ -68,6 +81,7 @@ impl Workers {
             starved: std::sync::atomic::AtomicBool::new(false),
             cadence,
             in_work: InWork::default(),
+            outcomes,
             stored,
         })
     }
@@ -271,20 +285,16 @@ impl Workers {
         outcome: &Outcome,
         request_id: Option<&str>,
     ) -> Result<(), StoreError> {
+        let finish = Finish {
+            message_id: message.message_id.clone(),
+            holder: self.holder.clone(),
+            outcome: outcome.clone(),
+            graph_request_id: request_id.map(str::to_owned),
+            at: self.parts.clock.now(),
+        };
         let mut last = None;
         for attempt in 0..5u32 {
-            match self
-                .parts
-                .store
-                .finish_attempt(
-                    &message.message_id,
-                    &self.holder,
-                    outcome,
-                    request_id,
-                    self.parts.clock.now(),
-                )
-                .await
-            {
+            match self.outcomes.commit(finish.clone()).await {
                 Ok(()) => {
                     metrics::outbox_transition(outcome_label(outcome));
                     // Watchers look; workers are woken by `deliver` only if they wait for

@@ -48,7 +48,7 @@ pub use outbox::{
     BatchQueued, BatchRecord, MessageFilter, MessageRecord, NewBatch, NewQueued, QUEUE_CHANNEL,
     Queued,
 };
-pub use outbox_flow::{ClaimedMessage, Outcome};
+pub use outbox_flow::{ClaimedMessage, Finish, Outcome};
 pub use pacing::{Reservation, spacing};
 pub use queue_stats::QueueUsage;
 pub use sign_ins::{LinkLimits, PendingAuthorization, Stored};

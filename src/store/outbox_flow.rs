@@ -50,6 +50,17 @@ pub enum Outcome {
     },
 }
 
+/// How one attempt (or look-up) of a claimed message ended.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub message_id: String,
+    /// The replica whose lease it was (a lease lost meanwhile records nothing).
+    pub holder: String,
+    pub outcome: Outcome,
+    pub graph_request_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 impl Store {
     /// Records how an attempt (or a look-up) ended, and gives the lease back.
     pub async fn finish_attempt(
@@ -60,45 +71,33 @@ impl Store {
         graph_request_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (state, next, sent_at, error) = match outcome {
-            Outcome::Sent { at } => (MessageState::Sent, None, Some(*at), None),
-            Outcome::Failed { error } => (MessageState::Failed, None, None, Some(error.as_str())),
-            Outcome::Retry { next, error } => (
-                MessageState::Queued,
-                Some(*next),
-                None,
-                Some(error.as_str()),
-            ),
-            Outcome::Unknown { next, error, .. } => {
-                (MessageState::Unknown, *next, None, Some(error.as_str()))
-            }
-        };
-        let answered = matches!(outcome, Outcome::Unknown { answered: true, .. });
-        let finished = state.is_final().then_some(now.timestamp_millis());
+        self.finish_attempts(&[Finish {
+            message_id: id.to_owned(),
+            holder: holder.to_owned(),
+            outcome: outcome.clone(),
+            graph_request_id: graph_request_id.map(str::to_owned),
+            at: now,
+        }])
+        .await
+    }
+
+    /// Records several outcomes in one transaction (one commit for a group of sends).
+    pub async fn finish_attempts(&self, finishes: &[Finish]) -> Result<(), StoreError> {
         let mut tx = self.begin_with_events().await?;
-        let updated = sqlx::query(
-            "UPDATE outbox_messages SET state = $1, next_attempt_at = $2, sent_at = $3, \
-               last_error = COALESCE($4, last_error), \
-               graph_request_id = COALESCE($5, graph_request_id), finished_at = $6, \
-               body = CASE WHEN $6 IS NULL THEN body ELSE NULL END, \
-               sending_since = CASE WHEN $9 THEN NULL ELSE sending_since END, \
-               lease_holder = NULL, lease_until = NULL \
-             WHERE message_id = $7 AND lease_holder = $8",
-        )
-        .bind(state)
-        .bind(next.map(|t| t.timestamp_millis()))
-        .bind(sent_at.map(|t| t.timestamp_millis()))
-        .bind(error)
-        .bind(graph_request_id)
-        .bind(finished)
-        .bind(id)
-        .bind(holder)
-        .bind(answered)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            record_events(&mut tx, &[id.to_owned()], Some(now)).await?;
+        let mut updated = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            if record_outcome(&mut tx, finish).await? {
+                updated.push(finish);
+            }
+        }
+        // One event per change, stamped with its own time; the events lock is taken last.
+        for finish in updated {
+            record_events(
+                &mut tx,
+                std::slice::from_ref(&finish.message_id),
+                Some(finish.at),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -346,4 +345,48 @@ async fn cancel_where(
         .collect::<Result<_, _>>()?;
     record_events(tx, &ids, Some(now)).await?;
     Ok(ids)
+}
+
+/// Writes one outcome if `holder` still holds the message; whether it did.
+async fn record_outcome(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    finish: &Finish,
+) -> Result<bool, StoreError> {
+    let (state, next, sent_at, error) = match &finish.outcome {
+        Outcome::Sent { at } => (MessageState::Sent, None, Some(*at), None),
+        Outcome::Failed { error } => (MessageState::Failed, None, None, Some(error.as_str())),
+        Outcome::Retry { next, error } => (
+            MessageState::Queued,
+            Some(*next),
+            None,
+            Some(error.as_str()),
+        ),
+        Outcome::Unknown { next, error, .. } => {
+            (MessageState::Unknown, *next, None, Some(error.as_str()))
+        }
+    };
+    let answered = matches!(finish.outcome, Outcome::Unknown { answered: true, .. });
+    let finished = state.is_final().then_some(finish.at.timestamp_millis());
+    let updated = sqlx::query(
+        "UPDATE outbox_messages SET state = $1, next_attempt_at = $2, sent_at = $3, \
+           last_error = COALESCE($4, last_error), \
+           graph_request_id = COALESCE($5, graph_request_id), finished_at = $6, \
+           body = CASE WHEN $6 IS NULL THEN body ELSE NULL END, \
+           sending_since = CASE WHEN $9 THEN NULL ELSE sending_since END, \
+           lease_holder = NULL, lease_until = NULL \
+         WHERE message_id = $7 AND lease_holder = $8",
+    )
+    .bind(state)
+    .bind(next.map(|t| t.timestamp_millis()))
+    .bind(sent_at.map(|t| t.timestamp_millis()))
+    .bind(error)
+    .bind(finish.graph_request_id.as_deref())
+    .bind(finished)
+    .bind(&finish.message_id)
+    .bind(&finish.holder)
+    .bind(answered)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
 }
