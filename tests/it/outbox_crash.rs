@@ -1,6 +1,7 @@
 //! The outbox's promises under failure, through the binary: a SIGKILL in the middle of a
-//! burst (and of a bulk batch) loses and duplicates nothing after a restart; two replicas on
-//! PostgreSQL share one queue and one mailbox's limits.
+//! burst (and of a bulk batch) loses and duplicates nothing after a restart; a SIGTERM gives
+//! back what was claimed but not begun; two replicas on PostgreSQL share one queue and one
+//! mailbox's limits.
 
 use std::{
     collections::HashSet,
