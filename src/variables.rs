@@ -66,7 +66,7 @@ variables! {
     TLS_KEY_FILE, "–", "PEM private key of that certificate";
     TLS_CLIENT_CA_FILE, "–", "PEM CA certificates: gRPC callers must present a client certificate they signed (mTLS)";
     AUDIT_LOG, "`DATA_DIR/audit.log`", "`stdout`, `off`, or a file: one JSON line per Connect, callback, Disconnect, refused call and callers-file reload";
-    MAX_INFLIGHT_BYTES, "`314572800` (300 MB)", "request bytes all calls together may hold; calls beyond get `RESOURCE_EXHAUSTED`";
+    MAX_INFLIGHT_BYTES, "`314572800` (300 MB)", "request bytes all calls together may hold (calls beyond get `RESOURCE_EXHAUSTED`); the outbox's workers hold at most as much again";
     RPC_TIMEOUT_SECONDS, "`300`", "longest time one call may take";
     MAX_STREAMS_PER_CONNECTION, "`100`", "concurrent calls per client connection";
     DATA_DIR, "`./data`", "SQLite file, generated encryption key, sandbox `.eml` files";

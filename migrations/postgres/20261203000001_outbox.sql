@@ -24,6 +24,8 @@ CREATE TABLE outbox_messages (
     external         BIGINT NOT NULL,
     upload_bytes     BIGINT NOT NULL,
     requests         BIGINT NOT NULL,
+    -- The message's size: what sending it holds in memory (the workers' byte budget).
+    size_bytes       BIGINT NOT NULL,
     accepted_at      BIGINT NOT NULL,
     next_attempt_at  BIGINT,
     sending_since    BIGINT,

@@ -267,6 +267,7 @@ fn new_row(
         external: u32::try_from(external).unwrap_or(u32::MAX),
         upload_bytes: attachment_bytes.min(upload_bytes),
         requests: u32::try_from(requests).unwrap_or(u32::MAX),
+        size_bytes: message.size(),
         accepted_at: now,
         send_at,
         idempotency_key,

@@ -43,6 +43,9 @@ pub struct Parts {
     pub post_office: Arc<PostOffice>,
     pub settings: OutboxSettings,
     pub max_message_bytes: u64,
+    /// The bytes of messages the workers may hold at once (`GRAPH_MAILER_MAX_INFLIGHT_BYTES`,
+    /// a budget of its own beside the calls').
+    pub max_inflight_bytes: u64,
 }
 
 /// Wakes the workers (messages are due) and the watchers (events were written).

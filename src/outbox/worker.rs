@@ -46,6 +46,10 @@ pub struct Workers {
     claimed: Arc<Semaphore>,
     /// Requests to Microsoft at once (`GRAPH_MAILER_OUTBOX_WORKERS`), taken at the slot.
     sending: Arc<Semaphore>,
+    /// Bytes of messages loaded at once: 32 workers holding 150 MB messages would need
+    /// 4.8 GB; with the budget the others wait until memory is given back.
+    bytes: Arc<Semaphore>,
+    bytes_total: u32,
     /// The actual departures, kept a slot apart.
     cadence: Cadence,
     /// Whether a dispatch stopped for want of claim room (a finish then wakes the workers).
@@ -62,6 +66,8 @@ impl Workers {
         let workers = parts.settings.workers.max(1);
         let claimed = Arc::new(Semaphore::new(workers * CLAIMED_AHEAD_PER_WORKER));
         let sending = Arc::new(Semaphore::new(workers));
+        let bytes_total = u32::try_from(parts.max_inflight_bytes).unwrap_or(u32::MAX);
+        let bytes = Arc::new(Semaphore::new(bytes_total as usize));
         let cadence = Cadence::new(crate::store::spacing(&parts.settings.limits));
         let stored = StoredMessages::new(parts.store.clone(), parts.max_message_bytes);
         let store = parts.store.clone();
@@ -78,6 +84,8 @@ impl Workers {
             holder: uuid::Uuid::new_v4().to_string(),
             claimed,
             sending,
+            bytes,
+            bytes_total,
             starved: std::sync::atomic::AtomicBool::new(false),
             cadence,
             in_work: InWork::default(),
@@ -230,6 +238,12 @@ impl Workers {
     ) -> Result<(), StoreError> {
         let store = &self.parts.store;
         let id = message.message_id.as_str();
+        // A message larger than the budget (a lowered setting) takes all of it.
+        let size = u32::try_from(message.size_bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.bytes_total.max(1));
+        // Closed only with the workers, which are still running.
+        let _memory = self.bytes.acquire_many(size).await;
         let request = match self.load(message).await {
             Ok(request) => request,
             Err(reason) => {

@@ -158,6 +158,7 @@ impl Application {
             post_office: post_office.clone(),
             settings: settings.outbox.clone(),
             max_message_bytes: settings.max_message_bytes,
+            max_inflight_bytes: settings.limits.max_inflight_bytes,
         };
         let activity = Arc::new(outbox::Activity::default());
         let outbox = Arc::new(Outbox::new(outbox_parts.clone(), activity.clone()));

@@ -13,7 +13,8 @@
 //! (a mailbox's tokens, written with a compare-and-set) and [`leases`] (the token lease and
 //! the mailbox request slots replicas share). [`states`] holds the states kept as text.
 //! The outbox: [`outbox`] (queueing and events), [`outbox_flow`] (attempts, cancels,
-//! recovery), [`outbox_reads`], [`pacing`] (slots and rolling limits), [`queue_stats`].
+//! recovery), [`outbox_reads`], [`pacing`] (slots and rolling limits), [`queue_end`]
+//! (estimates), [`queue_stats`].
 //! `nodelay` works around a sqlx 0.9.0 regression on PostgreSQL sockets.
 
 pub(crate) mod crypto;
@@ -25,6 +26,7 @@ pub(crate) mod outbox;
 pub(crate) mod outbox_flow;
 pub(crate) mod outbox_reads;
 pub(crate) mod pacing;
+pub(crate) mod queue_end;
 pub(crate) mod queue_stats;
 pub(crate) mod sign_ins;
 pub(crate) mod states;

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Backend, MessageState, Store, StoreError, state_column};
+use super::{Backend, MessageState, Store, StoreError, queue_end, state_column};
 use crate::{
     clock::from_millis,
     domain::{Mailbox, MailboxPattern},
@@ -35,6 +35,8 @@ pub struct NewQueued {
     pub upload_bytes: u64,
     /// Graph requests sending it will take.
     pub requests: u32,
+    /// The message's size (what sending it holds in memory).
+    pub size_bytes: u64,
     pub accepted_at: DateTime<Utc>,
     /// Not before.
     pub send_at: DateTime<Utc>,
@@ -157,7 +159,8 @@ impl Store {
     ) -> Result<Vec<Queued>, StoreError> {
         let mut tx = self.begin_with_events().await?;
         let inserted = insert_messages(&mut tx, rows).await?;
-        let estimates = estimate(&mut tx, rows, &inserted, spacing).await?;
+        let estimates =
+            queue_end::estimate(&mut tx, &just_inserted(rows, &inserted), spacing).await?;
         record_queued_events(&mut tx, rows, &inserted).await?;
         self.notify_queue(&mut tx).await?;
         tx.commit().await?;
@@ -227,7 +230,8 @@ impl Store {
             });
         }
         let inserted = insert_messages(&mut tx, rows).await?;
-        let estimates = estimate(&mut tx, rows, &inserted, spacing).await?;
+        let estimates =
+            queue_end::estimate(&mut tx, &just_inserted(rows, &inserted), spacing).await?;
         record_queued_events(&mut tx, rows, &inserted).await?;
         self.notify_queue(&mut tx).await?;
         tx.commit().await?;
@@ -238,58 +242,17 @@ impl Store {
     }
 }
 
-/// When each newly inserted message should go: after the mailbox's queue end (or its next
-/// slot, its pause, now, its own `send_at`), a slot apart; moves each mailbox's queue end.
-/// Constant work per mailbox, however long its queue.
-async fn estimate(
-    tx: &mut Transaction<'static, Any>,
-    rows: &[NewQueued],
-    inserted: &[String],
-    spacing: std::time::Duration,
-) -> Result<std::collections::HashMap<String, i64>, StoreError> {
-    let spacing = i64::try_from(spacing.as_millis()).unwrap_or(i64::MAX);
+/// The rows whose ids were inserted, as the estimate needs them.
+fn just_inserted<'a>(rows: &'a [NewQueued], inserted: &[String]) -> Vec<queue_end::Inserted<'a>> {
     let inserted: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
-    let mut by_mailbox: std::collections::BTreeMap<&str, Vec<&NewQueued>> = Default::default();
-    for row in rows
-        .iter()
-        .filter(|r| inserted.contains(r.message_id.as_str()))
-    {
-        by_mailbox
-            .entry(row.mailbox.as_str())
-            .or_default()
-            .push(row);
-    }
-    let now = Utc::now().timestamp_millis();
-    let mut estimates = std::collections::HashMap::new();
-    for (mailbox, rows) in by_mailbox {
-        let pacing = sqlx::query(
-            "INSERT INTO mailbox_pacing (mailbox, next_send_at) VALUES ($1, 0) \
-             ON CONFLICT (mailbox) DO UPDATE SET mailbox = excluded.mailbox \
-             RETURNING next_send_at, paused_until, queue_end",
-        )
-        .bind(mailbox)
-        .fetch_one(&mut **tx)
-        .await?;
-        let next: i64 = pacing.try_get("next_send_at")?;
-        let paused: Option<i64> = pacing.try_get("paused_until")?;
-        let mut end = pacing.try_get::<i64, _>("queue_end")?.max(
-            next.max(paused.unwrap_or(0))
-                .max(now)
-                .saturating_sub(spacing),
-        );
-        for row in rows {
-            end = end
-                .saturating_add(spacing)
-                .max(row.send_at.timestamp_millis());
-            estimates.insert(row.message_id.clone(), end);
-        }
-        sqlx::query("UPDATE mailbox_pacing SET queue_end = $2 WHERE mailbox = $1")
-            .bind(mailbox)
-            .bind(end)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(estimates)
+    rows.iter()
+        .filter(|row| inserted.contains(row.message_id.as_str()))
+        .map(|row| queue_end::Inserted {
+            message_id: &row.message_id,
+            mailbox: row.mailbox.as_str(),
+            send_at: row.send_at,
+        })
+        .collect()
 }
 
 /// Inserts the rows; returns the ids actually inserted (a taken idempotency key skips its
@@ -304,9 +267,10 @@ async fn insert_messages(
         let mut sql = String::from(
             "INSERT INTO outbox_messages (message_id, mailbox, batch_id, state, attempts, \
                recipients, external, upload_bytes, requests, accepted_at, next_attempt_at, \
-               idem_key, request_hash, caller, body, sending_since, finished_at) VALUES ",
+               idem_key, request_hash, caller, body, sending_since, finished_at, size_bytes) \
+             VALUES ",
         );
-        const COLUMNS: usize = 17;
+        const COLUMNS: usize = 18;
         for (i, _) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
@@ -338,7 +302,8 @@ async fn insert_messages(
                 .bind(row.caller.clone())
                 .bind(row.body.clone())
                 .bind(None::<i64>)
-                .bind(None::<i64>);
+                .bind(None::<i64>)
+                .bind(i64::try_from(row.size_bytes).unwrap_or(i64::MAX));
         }
         let returned = query.fetch_all(&mut **tx).await?;
         let ids: Vec<String> = returned

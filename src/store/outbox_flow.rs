@@ -23,6 +23,8 @@ pub struct ClaimedMessage {
     pub accepted_at: DateTime<Utc>,
     /// When it became SENDING (for an UNKNOWN message: when its last attempt began).
     pub sending_since: Option<DateTime<Utc>>,
+    /// The message's size: what sending it holds in memory.
+    pub size_bytes: u64,
 }
 
 /// How a state change ends for the message.
@@ -304,7 +306,7 @@ impl Store {
 
 /// The columns a [`ClaimedMessage`] is read from.
 pub(super) const CLAIMED_COLUMNS: &str = "message_id, mailbox, batch_id, attempts, recipients, \
-     accepted_at, sending_since";
+     accepted_at, sending_since, size_bytes";
 
 pub(super) fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<ClaimedMessage, StoreError> {
     Ok(ClaimedMessage {
@@ -317,6 +319,7 @@ pub(super) fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<ClaimedMessage
         sending_since: row
             .try_get::<Option<i64>, _>("sending_since")?
             .map(crate::clock::from_millis),
+        size_bytes: u64::try_from(row.try_get::<i64, _>("size_bytes")?).unwrap_or(0),
     })
 }
 

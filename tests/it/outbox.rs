@@ -585,3 +585,59 @@ async fn a_refresh_outage_is_transient_for_the_outbox() {
     let done = settle(&mut o.client, &id, Duration::from_secs(30)).await;
     assert_eq!(done.state(), MessageState::Sent, "{done:?}");
 }
+
+#[tokio::test]
+async fn delivering_large_queued_messages_holds_no_more_than_the_in_flight_budget() {
+    const MIB: u64 = 1024 * 1024;
+    let ms = Microsoft::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let env = outbox_env(
+        &ms,
+        &[
+            ("LIMIT_MESSAGES_PER_MINUTE", "6000"),
+            ("LIMIT_UPLOAD_BYTES_PER_5_MINUTES", "10000000000"),
+            ("MAX_MESSAGE_BYTES", &(25 * MIB).to_string()),
+            ("MAX_INFLIGHT_BYTES", &(50 * MIB).to_string()),
+            ("OUTBOX_WORKERS", "16"),
+            ("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
+        ],
+    );
+    let mut outboxed = connected(&ms, data.path(), &env).await;
+    // Slow uploads: without a budget every queued message would be loaded at once.
+    ms.graph.set_latency(Duration::from_millis(300));
+    // All due together, once they are all stored.
+    let due = std::time::SystemTime::now() + Duration::from_secs(5);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut message = simple_message(MAILBOX);
+        message.subject = format!("large {i}");
+        let content = vec![u8::try_from(i).unwrap(); (20 * MIB) as usize];
+        message.attachments = vec![attachment("big.bin", "", content, "")];
+        let response = outboxed
+            .client
+            .queue_mail(proto::QueueMailRequest {
+                message: Some(message),
+                send_at: Some(due.into()),
+            })
+            .await
+            .unwrap();
+        ids.push(response.into_inner().message_id);
+    }
+    let before = outboxed.service.peak_rss();
+    let states = wait_final(&mut outboxed.client, &ids, Duration::from_secs(60)).await;
+    let sent = states
+        .values()
+        .filter(|s| s.state() == MessageState::Sent)
+        .count();
+    let errors: HashSet<&str> = states.values().map(|s| s.last_error.as_str()).collect();
+    assert_eq!(sent, ids.len(), "{errors:?}");
+    let peak = outboxed.service.peak_rss();
+    // Without the budget all twelve 20 MiB messages are loaded together (measured: +270 MiB
+    // over the queueing peak); with a 50 MiB budget two at a time (+1 MiB).
+    assert!(
+        peak < before.max(200 * MIB) + 150 * MIB,
+        "peak RSS {} MiB (before the deliveries: {} MiB)",
+        peak / MIB,
+        before / MIB
+    );
+}
