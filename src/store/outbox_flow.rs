@@ -219,7 +219,7 @@ impl Store {
     /// Microsoft, so they become UNKNOWN (looked up before anything else happens to them).
     pub async fn orphans_to_unknown(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut tx = self.begin_with_events().await?;
-        let ids: Vec<String> = sqlx::query(
+        let update = sqlx::query(
             "UPDATE outbox_messages SET state = $1, next_attempt_at = $2, lease_holder = NULL, \
                lease_until = NULL, \
                last_error = 'the replica sending it stopped; looking it up in Sent Items' \
@@ -227,13 +227,8 @@ impl Store {
         )
         .bind(MessageState::Unknown)
         .bind(now.timestamp_millis())
-        .bind(MessageState::Sending)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
-        record_events(&mut tx, &ids, Some(now)).await?;
+        .bind(MessageState::Sending);
+        let ids = change_with_events(&mut tx, update, now).await?;
         tx.commit().await?;
         Ok(ids.len() as u64)
     }
@@ -245,7 +240,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_with_events().await?;
-        let ids: Vec<String> = sqlx::query(
+        let update = sqlx::query(
             "UPDATE outbox_messages SET state = $1, finished_at = $2, next_attempt_at = NULL, \
                body = NULL, last_error = 'not sent within GRAPH_MAILER_OUTBOX_MAX_AGE_SECONDS' \
                  || CASE WHEN last_error IS NULL THEN '' ELSE '; last error: ' || last_error END \
@@ -255,13 +250,8 @@ impl Store {
         .bind(MessageState::Failed)
         .bind(now.timestamp_millis())
         .bind(MessageState::Queued)
-        .bind(accepted_before.timestamp_millis())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
-        record_events(&mut tx, &ids, Some(now)).await?;
+        .bind(accepted_before.timestamp_millis());
+        let ids = change_with_events(&mut tx, update, now).await?;
         tx.commit().await?;
         Ok(ids.len() as u64)
     }
@@ -336,17 +326,12 @@ async fn cancel_where(
            body = NULL, lease_holder = NULL, lease_until = NULL \
          WHERE state = $3 AND {condition} RETURNING message_id"
     );
-    let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let update = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(MessageState::Cancelled)
         .bind(now.timestamp_millis())
         .bind(MessageState::Queued)
-        .bind(value)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
-    record_events(tx, &ids, Some(now)).await?;
+        .bind(value);
+    let ids = change_with_events(tx, update, now).await?;
     Ok(ids)
 }
 
@@ -392,4 +377,20 @@ async fn record_outcome(
     .await?
     .rows_affected();
     Ok(updated == 1)
+}
+
+/// Runs an `UPDATE … RETURNING message_id` and records an event for each message it changed.
+async fn change_with_events(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    update: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let ids = update
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    record_events(tx, &ids, Some(now)).await?;
+    Ok(ids)
 }

@@ -156,6 +156,8 @@ async fn queue_mail_answers_at_once_and_get_message_follows_it_to_sent() {
         "not held until Graph answers"
     );
     assert!(receipt.estimated_send_at.is_some());
+    // Stored in SQLite's write-ahead log: a commit is an append and an fsync.
+    assert!(data.path().join("graph-mailer.db-wal").exists());
     let sent = &settle(&mut o.client, &receipt.message_id, Duration::from_secs(10)).await;
     assert_eq!(sent.state(), MessageState::Sent);
     assert_eq!(sent.attempts, 1);
