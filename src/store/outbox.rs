@@ -262,6 +262,13 @@ async fn insert_messages(
     tx: &mut Transaction<'static, Any>,
     rows: &[NewQueued],
 ) -> Result<Vec<String>, StoreError> {
+    // In key order: two transactions inserting the same keys (two replicas' group commits, or
+    // one and a SendBulk) then wait for each other in the same order instead of each holding
+    // what the other needs.
+    let mut rows: Vec<&NewQueued> = rows.iter().collect();
+    rows.sort_by(|a, b| {
+        (a.mailbox.as_str(), &a.idempotency_key).cmp(&(b.mailbox.as_str(), &b.idempotency_key))
+    });
     let mut inserted = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(

@@ -292,3 +292,64 @@ async fn a_sigterm_gives_back_claimed_messages_whose_send_had_not_begun() {
     }
     assert!(once >= 9, "only {once} of 10 sent at their first attempt");
 }
+
+#[tokio::test]
+async fn two_replicas_taking_the_same_idempotency_keys_at_once_store_each_message_once() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let ms = Microsoft::start().await;
+    let env = outbox_env(
+        &ms,
+        &[
+            ("DATABASE_URL", &db.url),
+            ("ENCRYPTION_KEY", crate::support::TEST_KEY),
+        ],
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = connected(&ms, dir_a.path(), &env).await;
+    let b = start(&ms, dir_b.path(), &env).await;
+    // Every caller takes the keys in an order of its own (rotated, every other one reversed):
+    // group commits on both replicas meet keys that another transaction is inserting, in
+    // opposite orders.
+    let keys: Vec<String> = (0..60).map(|k| format!("key-{k:03}")).collect();
+    let mut calls = Vec::new();
+    for (replica, client) in [a.client.clone(), b.client.clone()].into_iter().enumerate() {
+        for caller in 0..12 {
+            let mut client = client.clone();
+            let mut keys = keys.clone();
+            let by = (caller * 7 + replica * 3) % keys.len();
+            keys.rotate_left(by);
+            if (caller + replica) % 2 == 1 {
+                keys.reverse();
+            }
+            calls.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for key in keys {
+                    let mut message = simple_message(MAILBOX);
+                    message.subject = key.clone();
+                    message.idempotency_key = key.clone();
+                    let answer = client
+                        .queue_mail(proto::QueueMailRequest {
+                            message: Some(message),
+                            send_at: None,
+                        })
+                        .await;
+                    ids.push((key, answer.map(|r| r.into_inner().message_id)));
+                }
+                ids
+            }));
+        }
+    }
+    let mut by_key: std::collections::HashMap<String, HashSet<String>> = Default::default();
+    for call in calls {
+        for (key, answer) in call.await.unwrap() {
+            let id = answer.unwrap_or_else(|status| panic!("{key}: {status:?}"));
+            by_key.entry(key).or_default().insert(id);
+        }
+    }
+    assert_eq!(by_key.len(), keys.len());
+    for (key, ids) in by_key {
+        assert_eq!(ids.len(), 1, "{key} stored as {ids:?}");
+    }
+}
