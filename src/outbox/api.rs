@@ -76,13 +76,14 @@ impl Outbox {
             None,
         );
         let message_id = row.message_id.clone();
-        let (message_id, deduplicated, estimated) = match self.committer.commit(row.clone()).await?
-        {
+        let hash = row.request_hash.clone();
+        // The row moves to the committer: its body is not copied again.
+        let (message_id, deduplicated, estimated) = match self.committer.commit(row).await? {
             Queued::New { estimate } => (message_id, false, estimate),
             Queued::Existing {
                 message_id: earlier,
                 request_hash,
-            } if request_hash == row.request_hash => (earlier, true, now),
+            } if request_hash == hash => (earlier, true, now),
             Queued::Existing {
                 message_id: earlier,
                 ..

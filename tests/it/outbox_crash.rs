@@ -164,7 +164,7 @@ async fn two_replicas_on_postgres_share_one_queue_and_one_mailboxs_limits() {
     let env = outbox_env(
         &ms,
         &[
-            ("LIMIT_MESSAGES_PER_MINUTE", "1200"),
+            ("LIMIT_MESSAGES_PER_MINUTE", "1150"),
             ("DATABASE_URL", &db.url),
             ("ENCRYPTION_KEY", crate::support::TEST_KEY),
         ],
@@ -172,7 +172,9 @@ async fn two_replicas_on_postgres_share_one_queue_and_one_mailboxs_limits() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = connected(&ms, dir_a.path(), &env).await;
     let mut b = start(&ms, dir_b.path(), &env).await;
-    // 1,200 a minute is 120 in any 6 s, for both replicas together.
+    // Exchange's 1,200 a minute, checked as 120 in any 6 s, for both replicas together. The
+    // service is set a little under it (1,150): the replicas' sends leave from two processes,
+    // and a loaded test machine delays one more than the 2 % slack of a 6 s window allows.
     ms.graph.set_message_rate(120, Duration::from_secs(6));
     let started = Instant::now();
     let mut accepted = HashSet::new();
@@ -189,8 +191,8 @@ async fn two_replicas_on_postgres_share_one_queue_and_one_mailboxs_limits() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     exactly_once(&ms, &accepted);
     assert_eq!(ms.graph.rate_refusals(), 0, "the replicas kept to one pace");
-    // 199 slots of 51 ms between them: the pace is shared, not doubled.
-    assert!(took >= Duration::from_millis(9_900), "{took:?}");
+    // 199 slots of 53 ms between them: the pace is shared, not doubled.
+    assert!(took >= Duration::from_millis(10_400), "{took:?}");
     assert!(ms.graph.max_in_flight() <= 4);
 }
 
