@@ -6,27 +6,20 @@ use graph_mailer::{clock::ManualClock, proto};
 use tonic::Code;
 
 use crate::support::{
-    MAILBOX, Microsoft, TestApp, connected_app, fake_graph::Scripted, postgres::TestDatabase,
-    simple_message,
+    MAILBOX, Microsoft, TestApp, connected_app, fake_graph::Scripted, keyed_message,
+    postgres::TestDatabase,
 };
-
-fn keyed(key: &str) -> proto::SendMailRequest {
-    proto::SendMailRequest {
-        idempotency_key: key.into(),
-        ..simple_message(MAILBOX)
-    }
-}
 
 async fn the_same_key_and_message_sends_once(app: TestApp, ms: &Microsoft) {
     let first = app
         .client()
-        .send_mail(keyed("order-1001"))
+        .send_mail(keyed_message("order-1001"))
         .await
         .unwrap()
         .into_inner();
     let second = app
         .client()
-        .send_mail(keyed("order-1001"))
+        .send_mail(keyed_message("order-1001"))
         .await
         .unwrap()
         .into_inner();
@@ -67,10 +60,10 @@ async fn a_key_holds_across_replicas() {
         .database(&db.url)
         .start()
         .await;
-    first.client().send_mail(keyed("k")).await.unwrap();
+    first.client().send_mail(keyed_message("k")).await.unwrap();
     let again = second
         .client()
-        .send_mail(keyed("k"))
+        .send_mail(keyed_message("k"))
         .await
         .unwrap()
         .into_inner();
@@ -82,10 +75,10 @@ async fn a_key_holds_across_replicas() {
 async fn the_same_key_with_a_different_message_is_already_exists() {
     let ms = Microsoft::start().await;
     let app = connected_app(&ms, TestApp::builder()).await;
-    app.client().send_mail(keyed("k")).await.unwrap();
+    app.client().send_mail(keyed_message("k")).await.unwrap();
     let other = proto::SendMailRequest {
         subject: "Something else".into(),
-        ..keyed("k")
+        ..keyed_message("k")
     };
     let status = app.client().send_mail(other).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
@@ -103,7 +96,10 @@ async fn two_concurrent_calls_with_one_key_send_exactly_once() {
     let app = connected_app(&ms, TestApp::builder()).await;
     ms.graph.set_latency(Duration::from_millis(500));
     let (mut a, mut b) = (app.client(), app.client());
-    let (first, second) = tokio::join!(a.send_mail(keyed("k")), b.send_mail(keyed("k")));
+    let (first, second) = tokio::join!(
+        a.send_mail(keyed_message("k")),
+        b.send_mail(keyed_message("k"))
+    );
     let (first, second) = (first.unwrap().into_inner(), second.unwrap().into_inner());
     assert_eq!(first.message_id, second.message_id);
     assert!(
@@ -119,11 +115,11 @@ async fn keys_expire_after_24_hours() {
     let clock = ManualClock::starting_now();
     ms.identity.set_access_token_lifetime(3 * 24 * 3600, false);
     let app = connected_app(&ms, TestApp::builder().clock(clock.clone())).await;
-    app.client().send_mail(keyed("k")).await.unwrap();
+    app.client().send_mail(keyed_message("k")).await.unwrap();
     clock.advance(chrono::Duration::hours(23));
     assert!(
         app.client()
-            .send_mail(keyed("k"))
+            .send_mail(keyed_message("k"))
             .await
             .unwrap()
             .into_inner()
@@ -132,7 +128,7 @@ async fn keys_expire_after_24_hours() {
     clock.advance(chrono::Duration::hours(2));
     let later = app
         .client()
-        .send_mail(keyed("k"))
+        .send_mail(keyed_message("k"))
         .await
         .unwrap()
         .into_inner();
@@ -146,9 +142,17 @@ async fn an_unknown_outcome_under_a_key_blocks_a_blind_resend() {
     let app = connected_app(&ms, TestApp::builder().env("GRAPH_TIMEOUT_SECONDS", "1")).await;
     ms.graph
         .script("sendMail", [Scripted::Delay(Duration::from_secs(2))]);
-    let status = app.client().send_mail(keyed("k")).await.unwrap_err();
+    let status = app
+        .client()
+        .send_mail(keyed_message("k"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    let retry = app.client().send_mail(keyed("k")).await.unwrap_err();
+    let retry = app
+        .client()
+        .send_mail(keyed_message("k"))
+        .await
+        .unwrap_err();
     assert_eq!(retry.code(), Code::FailedPrecondition);
     assert!(
         retry.message().contains("new idempotency_key"),
@@ -167,12 +171,16 @@ async fn a_send_that_certainly_failed_frees_its_key() {
     ms.graph
         .script("sendMail", [Scripted::error(400, "ErrorQuotaExceeded")]);
     assert_eq!(
-        app.client().send_mail(keyed("k")).await.unwrap_err().code(),
+        app.client()
+            .send_mail(keyed_message("k"))
+            .await
+            .unwrap_err()
+            .code(),
         Code::ResourceExhausted
     );
     let retry = app
         .client()
-        .send_mail(keyed("k"))
+        .send_mail(keyed_message("k"))
         .await
         .unwrap()
         .into_inner();

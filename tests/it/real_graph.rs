@@ -9,33 +9,19 @@ use graph_mailer::proto;
 use tonic::Code;
 
 use crate::support::{
-    MAILBOX, Microsoft, TestApp, attachment, connected_app,
+    MAILBOX, Microsoft, TestApp, attachment, connected_app, connected_with_drafts,
     fake_graph::{Scripted, sha256_hex},
+    keyed_message, patterned_bytes,
     postgres::TestDatabase,
     simple_message,
 };
 
-fn bytes(size: usize) -> Vec<u8> {
-    (0..size).map(|i| (i.wrapping_mul(7) % 253) as u8).collect()
-}
-
-fn keyed(key: &str) -> proto::SendMailRequest {
-    proto::SendMailRequest {
-        idempotency_key: key.into(),
-        ..simple_message(MAILBOX)
-    }
-}
-
 #[tokio::test]
 async fn a_large_file_and_a_small_inline_logo_each_take_their_own_way_into_the_draft() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
-    let pdf = bytes(5 * 1024 * 1024);
-    let logo = bytes(10 * 1024);
+    let app = connected_with_drafts(&ms).await;
+    let pdf = patterned_bytes(5 * 1024 * 1024);
+    let logo = patterned_bytes(10 * 1024);
     let request = proto::SendMailRequest {
         html_body: "<p>Report <img src=\"cid:logo\"></p>".into(),
         text_body: String::new(),
@@ -67,11 +53,7 @@ async fn a_large_file_and_a_small_inline_logo_each_take_their_own_way_into_the_d
 #[tokio::test]
 async fn a_body_too_large_for_one_graph_request_is_refused_before_any_draft() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
+    let app = connected_with_drafts(&ms).await;
     let request = proto::SendMailRequest {
         html_body: format!("<p>{}</p>", "x".repeat(5 * 1024 * 1024)),
         ..simple_message(MAILBOX)
@@ -102,7 +84,7 @@ async fn a_503_after_sendmail_accepted_the_message_is_not_resent_and_is_found_in
     );
     let response = app
         .client()
-        .send_mail(keyed("k1"))
+        .send_mail(keyed_message("k1"))
         .await
         .unwrap()
         .into_inner();
@@ -111,7 +93,7 @@ async fn a_503_after_sendmail_accepted_the_message_is_not_resent_and_is_found_in
     assert!(ms.graph.requests("listMessages") >= 2, "polled Sent Items");
     let again = app
         .client()
-        .send_mail(keyed("k1"))
+        .send_mail(keyed_message("k1"))
         .await
         .unwrap()
         .into_inner();
@@ -139,7 +121,11 @@ async fn without_a_read_permission_an_ambiguous_answer_is_unavailable_and_keeps_
         ms.graph
             .script("sendMail", [Scripted::accepted_then(status, code)]);
         let key = format!("k-{status}");
-        let refused = app.client().send_mail(keyed(&key)).await.unwrap_err();
+        let refused = app
+            .client()
+            .send_mail(keyed_message(&key))
+            .await
+            .unwrap_err();
         assert_eq!(
             refused.code(),
             Code::Unavailable,
@@ -151,7 +137,11 @@ async fn without_a_read_permission_an_ambiguous_answer_is_unavailable_and_keeps_
             "{status}: {}",
             refused.message()
         );
-        let resend = app.client().send_mail(keyed(&key)).await.unwrap_err();
+        let resend = app
+            .client()
+            .send_mail(keyed_message(&key))
+            .await
+            .unwrap_err();
         assert_eq!(
             resend.code(),
             Code::FailedPrecondition,
@@ -176,7 +166,11 @@ async fn a_message_not_in_sent_items_within_the_window_stays_of_unknown_outcome(
     ms.graph
         .script("sendMail", [Scripted::error(503, "ServiceUnavailable")]);
     let started = std::time::Instant::now();
-    let refused = app.client().send_mail(keyed("k")).await.unwrap_err();
+    let refused = app
+        .client()
+        .send_mail(keyed_message("k"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
     assert!(
         refused.message().contains("Sent Items"),
@@ -192,11 +186,7 @@ async fn a_message_not_in_sent_items_within_the_window_stays_of_unknown_outcome(
 #[tokio::test]
 async fn a_draft_gone_when_its_send_is_repeated_is_looked_up_not_reported_as_failed() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
+    let app = connected_with_drafts(&ms).await;
     // The draft goes out, the answer is a 401: after the one refresh the repeated send finds
     // no draft (404), because it was sent.
     ms.graph.script(
@@ -204,8 +194,13 @@ async fn a_draft_gone_when_its_send_is_repeated_is_looked_up_not_reported_as_fai
         [Scripted::accepted_then(401, "InvalidAuthenticationToken")],
     );
     let request = proto::SendMailRequest {
-        attachments: vec![attachment("big.bin", "", bytes(4 * 1024 * 1024), "")],
-        ..keyed("draft")
+        attachments: vec![attachment(
+            "big.bin",
+            "",
+            patterned_bytes(4 * 1024 * 1024),
+            "",
+        )],
+        ..keyed_message("draft")
     };
     app.client().send_mail(request).await.unwrap();
     assert_eq!(ms.graph.delivered().len(), 1);
@@ -341,11 +336,7 @@ async fn two_replicas_on_postgres_keep_to_four_requests_per_mailbox_between_them
 #[tokio::test]
 async fn a_503_while_preparing_a_draft_is_still_retried() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
+    let app = connected_with_drafts(&ms).await;
     // Nothing is sent by creating a draft or adding an attachment: safe to repeat.
     ms.graph.script(
         "createDraft",
@@ -359,7 +350,7 @@ async fn a_503_while_preparing_a_draft_is_still_retried() {
         .script("addAttachment", [Scripted::error(504, "GatewayTimeout")]);
     let request = proto::SendMailRequest {
         attachments: vec![
-            attachment("big.bin", "", bytes(3 * 1024 * 1024), ""),
+            attachment("big.bin", "", patterned_bytes(3 * 1024 * 1024), ""),
             attachment("small.txt", "text/plain", b"hello".to_vec(), ""),
         ],
         ..simple_message(MAILBOX)

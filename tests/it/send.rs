@@ -10,9 +10,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::support::{
-    MAILBOX, Microsoft, TestApp, address, attachment, connected_app,
+    MAILBOX, Microsoft, TestApp, address, attachment, connected_app, connected_with_drafts,
     fake_graph::{Scripted, sha256_hex},
-    simple_message,
+    patterned_bytes, simple_message,
 };
 
 fn full_json_message() -> proto::SendMailRequest {
@@ -158,21 +158,11 @@ async fn six_custom_headers_travel_as_mime() {
     assert_eq!(m.text_body.as_deref(), Some("Hi Bob"));
 }
 
-fn big(size: usize) -> Vec<u8> {
-    (0..size)
-        .map(|i| (i.wrapping_mul(31) % 251) as u8)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_20_megabyte_attachment_goes_through_an_upload_session() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
-    let content = big(20 * 1024 * 1024);
+    let app = connected_with_drafts(&ms).await;
+    let content = patterned_bytes(20 * 1024 * 1024);
     let request = proto::SendMailRequest {
         attachments: vec![
             attachment("video.bin", "application/octet-stream", content.clone(), ""),
@@ -219,7 +209,12 @@ async fn large_attachments_without_mail_readwrite_fail_before_any_draft_is_made(
     let ms = Microsoft::start().await;
     let app = connected_app(&ms, TestApp::builder()).await;
     let request = proto::SendMailRequest {
-        attachments: vec![attachment("big.bin", "", big(3 * 1024 * 1024), "")],
+        attachments: vec![attachment(
+            "big.bin",
+            "",
+            patterned_bytes(3 * 1024 * 1024),
+            "",
+        )],
         ..simple_message(MAILBOX)
     };
     let status = app.client().send_mail(request).await.unwrap_err();
@@ -240,17 +235,18 @@ async fn large_attachments_without_mail_readwrite_fail_before_any_draft_is_made(
 #[tokio::test]
 async fn a_failed_upload_deletes_the_draft() {
     let ms = Microsoft::start().await;
-    let app = connected_app(
-        &ms,
-        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
-    )
-    .await;
+    let app = connected_with_drafts(&ms).await;
     ms.graph.script(
         "uploadChunk",
         [Scripted::error(400, "ErrorAttachmentSizeLimitExceeded")],
     );
     let request = proto::SendMailRequest {
-        attachments: vec![attachment("big.bin", "", big(4 * 1024 * 1024), "")],
+        attachments: vec![attachment(
+            "big.bin",
+            "",
+            patterned_bytes(4 * 1024 * 1024),
+            "",
+        )],
         ..simple_message(MAILBOX)
     };
     let status = app.client().send_mail(request).await.unwrap_err();

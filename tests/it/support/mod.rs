@@ -381,6 +381,31 @@ pub fn attachment(
 pub const MAILBOX: &str = "noreply@contoso.com";
 
 /// A service on the Graph transport with MAILBOX connected.
+/// `simple_message` with an idempotency key.
+pub fn keyed_message(key: &str) -> proto::SendMailRequest {
+    proto::SendMailRequest {
+        idempotency_key: key.into(),
+        ..simple_message(MAILBOX)
+    }
+}
+
+/// `size` bytes in a repeating pattern that is not one byte over and over, so that a chunk
+/// lost, doubled or moved changes the content.
+pub fn patterned_bytes(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect()
+}
+
+/// A service whose mailbox granted `Mail.ReadWrite` (drafts and upload sessions), connected.
+pub async fn connected_with_drafts(microsoft: &Microsoft) -> TestApp {
+    connected_app(
+        microsoft,
+        TestApp::builder().env("GRAPH_SCOPES", "Mail.Send Mail.ReadWrite"),
+    )
+    .await
+}
+
 pub async fn connected_app(microsoft: &Microsoft, builder: AppBuilder) -> TestApp {
     let app = builder.microsoft(microsoft).start().await;
     let (status, page) = app.connect_mailbox(MAILBOX).await;
