@@ -20,13 +20,22 @@ use super::{
 };
 use crate::{
     domain::{Mailbox, OutgoingMessage},
-    metrics,
+    metrics, retry,
     store::{ClaimedMessage, Finish, Outcome, Reservation, StoreError},
     transport::SendError,
 };
 
 /// How often the workers look for due messages when nothing wakes them.
 pub const TICK: Duration = Duration::from_millis(200);
+
+/// How an outcome's write is tried again (the store may be briefly unreachable): five
+/// attempts over a few seconds, then the lease runs out and the message is looked up.
+const OUTCOME_WRITES: retry::Backoff = retry::Backoff {
+    base: Duration::from_millis(400),
+    cap: Duration::from_secs(4),
+    max_attempts: 5,
+    budget: None,
+};
 
 /// Mailboxes whose messages are claimed at the same time.
 const PARALLEL_CLAIMS: usize = 8;
@@ -306,21 +315,20 @@ impl Workers {
             graph_request_id: request_id.map(str::to_owned),
             at: self.parts.clock.now(),
         };
-        let mut last = None;
-        for attempt in 0..5u32 {
-            match self.outcomes.commit(finish.clone()).await {
-                Ok(()) => {
-                    metrics::outbox_transition(outcome_label(outcome));
-                    // Watchers look; workers are woken by `deliver` only if they wait for
-                    // room (a finish makes nothing new due).
-                    self.activity.events.notify_waiters();
-                    return Ok(());
-                }
-                Err(error) => last = Some(error),
-            }
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
-        Err(last.unwrap_or(StoreError::Group("no attempt was made".to_owned())))
+        retry::retry(
+            &OUTCOME_WRITES,
+            std::time::Instant::now(),
+            || self.outcomes.commit(finish.clone()),
+            |_| retry::Decision::Retry { retry_after: None },
+            |_, _, _| {},
+        )
+        .await
+        .map_err(|gave_up| gave_up.error)?;
+        metrics::outbox_transition(outcome_label(outcome));
+        // Watchers look; workers are woken by `deliver` only if they wait for room (a finish
+        // makes nothing new due).
+        self.activity.events.notify_waiters();
+        Ok(())
     }
 
     /// The message as it was queued (see [`StoredMessages`]).
