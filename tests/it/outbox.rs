@@ -643,3 +643,52 @@ async fn delivering_large_queued_messages_holds_no_more_than_the_in_flight_budge
         before / MIB
     );
 }
+
+#[tokio::test]
+async fn the_daily_recipient_limit_holds_the_queue_instead_of_getting_the_mailbox_blocked() {
+    let ms = Microsoft::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let env = outbox_env(
+        &ms,
+        &[
+            ("LIMIT_MESSAGES_PER_MINUTE", "600"),
+            ("LIMIT_RECIPIENTS_PER_DAY", "6"),
+        ],
+    );
+    let mut o = connected(&ms, data.path(), &env).await;
+    // Exchange blocks the mailbox past its recipients of a rolling day.
+    ms.graph.set_recipient_limit(6);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut message = simple_message(MAILBOX);
+        message.subject = format!("two recipients {i}");
+        message.cc = vec![crate::support::address("carol@example.com", "Carol")];
+        ids.push(queue(&mut o.client, message).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ms.graph.accepted() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a fourth send, were the limit not kept.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ms.graph.accepted(), 3);
+    assert_eq!(
+        ms.graph.recipient_refusals(),
+        0,
+        "never sent past the limit"
+    );
+    let last = status(&mut o.client, &ids[3]).await;
+    assert_eq!(last.state(), MessageState::Queued, "held, not failed");
+    let mailbox = o
+        .client
+        .status(proto::StatusRequest {
+            mailbox: MAILBOX.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mailboxes
+        .remove(0);
+    assert_eq!(mailbox.recipients_last_24h, 6);
+    assert_eq!(mailbox.queued, 1);
+}

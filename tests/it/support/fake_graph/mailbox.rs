@@ -53,6 +53,19 @@ pub(super) async fn send_mail(
     if let Err(r) = sent_as(&mut delivered, &issued.user, &crid) {
         return r;
     }
+    let recipients = delivered.to.len() + delivered.cc.len() + delivered.bcc.len();
+    if !state
+        .graph
+        .with(|i| i.within_recipient_limit(&issued.account, recipients))
+    {
+        // Exchange stops an account that passes its rolling daily recipient limit.
+        return graph_error(
+            429,
+            "ErrorExceededMessageLimit",
+            "Message submission is blocked for this mailbox: it exceeded its recipient limit.",
+            &crid,
+        );
+    }
     delivered.account = issued.account;
     state.graph.with(|i| i.deliver(delivered));
     finish(answer, &crid).await

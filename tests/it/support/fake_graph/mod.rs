@@ -209,6 +209,12 @@ struct Inner {
     send_times: HashMap<String, VecDeque<Instant>>,
     /// 429s answered for the message rate.
     rate_refusals: usize,
+    /// At most this many recipients per account in a rolling day (Exchange's 10,000).
+    recipient_limit: Option<usize>,
+    /// When each account's accepted recipients were sent, for `recipient_limit`.
+    recipients_sent: HashMap<String, VecDeque<(Instant, usize)>>,
+    /// Sends refused for the recipient limit.
+    recipient_refusals: usize,
 }
 
 /// The running fake.
@@ -336,6 +342,15 @@ impl FakeGraph {
     pub fn set_message_rate(&self, count: usize, window: Duration) {
         self.with(|i| i.message_rate = Some((count, window)));
     }
+    /// Refuses (`ErrorExceededMessageLimit`) a sendMail that would take an account past
+    /// `count` recipients in a rolling day: Exchange's daily recipient limit.
+    pub fn set_recipient_limit(&self, count: usize) {
+        self.with(|i| i.recipient_limit = Some(count));
+    }
+    /// Sends refused for the recipient limit.
+    pub fn recipient_refusals(&self) -> usize {
+        self.with(|i| i.recipient_refusals)
+    }
     /// 429s answered for the message rate.
     pub fn rate_refusals(&self) -> usize {
         self.with(|i| i.rate_refusals)
@@ -412,6 +427,29 @@ impl Inner {
             return false;
         }
         times.push_back(now);
+        true
+    }
+
+    /// Whether the account may send to `recipients` more now under the daily recipient limit;
+    /// counts them when it may.
+    fn within_recipient_limit(&mut self, account: &str, recipients: usize) -> bool {
+        let Some(limit) = self.recipient_limit else {
+            return true;
+        };
+        let now = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let sent = self.recipients_sent.entry(account.to_owned()).or_default();
+        while sent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= day)
+        {
+            sent.pop_front();
+        }
+        if sent.iter().map(|(_, n)| n).sum::<usize>() + recipients > limit {
+            self.recipient_refusals += 1;
+            return false;
+        }
+        sent.push_back((now, recipients));
         true
     }
 
