@@ -37,6 +37,15 @@ pub enum AuditEvent {
     CallersReload,
     /// Refused calls left out of the log in the last second.
     RefusalsSuppressed,
+    /// Someone signed in to the admin page (or was refused).
+    AdminSignIn,
+    AdminSignOut,
+    /// A test mail sent from the admin page.
+    TestMail,
+    /// A queued message or batch cancelled from the admin page.
+    Cancel,
+    /// `check` run from the admin page.
+    Checks,
 }
 
 /// One line of the audit log.

@@ -112,6 +112,7 @@ async fn run(cli: Cli) -> ExitCode {
                 json,
                 send_test,
                 from,
+                skip_token_refresh: false,
             };
             check::run(settings, options).await
         }

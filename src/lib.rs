@@ -31,10 +31,12 @@
 //! - [`grpc`]: the tonic service, health, reflection and the one mapping of errors to statuses.
 //! - [`health`]: readiness, told alike to gRPC health checks and `/readyz`.
 //! - [`http`]: the HTTP side: OAuth callback, liveness, readiness, metrics.
+//! - [`admin`]: the admin page on the HTTP listener: sign-in, overview, mailboxes, outbox.
 //! - [`periodic`]: the timer loop every background task runs on.
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
+pub(crate) mod admin;
 pub mod audit;
 pub mod callers;
 pub mod check;

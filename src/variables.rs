@@ -62,10 +62,14 @@ variables! {
     ALLOW_UNAUTHENTICATED, "`false`", "`true` lets graph mode run without a callers file: anyone who reaches the gRPC port may send as every mailbox";
     ALLOWED_MAILBOXES, "–", "the only mailboxes Connect accepts (addresses or `*@domain`, comma-separated), whoever asks";
     REFLECTION, "`true`", "serve gRPC reflection (grpcurl)";
+    ADMIN_PAGE, "`true`", "serve the admin page, `/admin`, on the HTTP listener";
+    ADMINS, "–", "who may sign in to the admin page with Microsoft: sign-in names (UPN) or object ids of the tenant's accounts, comma-separated";
+    ADMIN_KEY_SIGN_IN, "`false` (`true` in the sandbox)", "`true` lets an admin caller's key sign in to the admin page too";
+    ADMIN_SESSION_MINUTES, "`480`", "how long a sign-in to the admin page lasts";
     TLS_CERT_FILE, "–", "PEM certificate chain: both listeners serve TLS (HTTP/2 and HTTP/1.1); a renewed file is picked up without a restart";
     TLS_KEY_FILE, "–", "PEM private key of that certificate";
     TLS_CLIENT_CA_FILE, "–", "PEM CA certificates: gRPC callers must present a client certificate they signed (mTLS)";
-    AUDIT_LOG, "`DATA_DIR/audit.log`", "`stdout`, `off`, or a file: one JSON line per Connect, callback, Disconnect, refused call and callers-file reload";
+    AUDIT_LOG, "`DATA_DIR/audit.log`", "`stdout`, `off`, or a file: one JSON line per Connect, callback, Disconnect, refused call, callers-file reload and admin-page sign-in or action";
     MAX_INFLIGHT_BYTES, "`314572800` (300 MB)", "request bytes all calls together may hold (calls beyond get `RESOURCE_EXHAUSTED`); the outbox's workers hold at most as much again";
     RPC_TIMEOUT_SECONDS, "`300`", "longest time one call may take";
     MAX_STREAMS_PER_CONNECTION, "`100`", "concurrent calls per client connection";

@@ -63,6 +63,14 @@ impl Caller {
         }
     }
 
+    /// An administrator signed in to the admin page: every right, named after them.
+    pub fn administrator(name: String) -> Self {
+        Self {
+            name,
+            ..Self::anonymous()
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }

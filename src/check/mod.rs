@@ -8,7 +8,7 @@
 mod access;
 mod microsoft;
 mod store;
-mod test_mail;
+pub(crate) mod test_mail;
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -31,6 +31,9 @@ pub struct Options {
     pub send_test: Option<String>,
     /// Send it as this mailbox (default: the only connected one).
     pub from: Option<String>,
+    /// Leave each mailbox's tokens alone (the admin page: the running service refreshes them,
+    /// and a second refresher would race it).
+    pub skip_token_refresh: bool,
 }
 
 /// How a check ended.
@@ -224,6 +227,7 @@ async fn run_checks(
         &store,
         &microsoft,
         clock.as_ref(),
+        options.skip_token_refresh,
         checks,
     )
     .await;

@@ -8,7 +8,7 @@ use crate::{
     audit::AuditLog,
     callers::Caller,
     clock::SharedClock,
-    domain::{Mailbox, MessageParts, OutgoingMessage, Recipient},
+    domain::{Mailbox, MessageParts, OutgoingMessage, Recipient, ValidationError},
     oauth::SecretExpiry,
     postoffice::{Parts, PostOffice, SendRequest},
     settings::Settings,
@@ -45,19 +45,10 @@ pub(super) async fn send_test(
             );
         }
     };
-    let now = clock.now();
-    let subject = format!("graph-mailer test – {}", now.format("%Y-%m-%d %H:%M UTC"));
-    let message = OutgoingMessage::new(
-        MessageParts {
-            to: vec![recipient],
-            subject: subject.clone(),
-            text_body: format!(
-                "This is a test message from graph-mailer {} sent by `graph-mailer check --send-test`.\nIf you can read it, the set-up works.",
-                crate::VERSION
-            ),
-            save_to_sent_items: true,
-            ..Default::default()
-        },
+    let (subject, message) = test_message(
+        recipient,
+        clock.now(),
+        "`graph-mailer check --send-test`",
         settings.max_message_bytes,
     );
     let message = match message {
@@ -118,4 +109,28 @@ pub(super) async fn send_test(
         ),
         Err(error) => checks.fail("test mail", error.to_string(), "see the message"),
     }
+}
+
+/// The set-up test mail to `to`, with its subject; `sent_by` says what sent it.
+pub(crate) fn test_message(
+    to: Recipient,
+    now: chrono::DateTime<chrono::Utc>,
+    sent_by: &str,
+    max_message_bytes: u64,
+) -> (String, Result<OutgoingMessage, ValidationError>) {
+    let subject = format!("graph-mailer test – {}", now.format("%Y-%m-%d %H:%M UTC"));
+    let message = OutgoingMessage::new(
+        MessageParts {
+            to: vec![to],
+            subject: subject.clone(),
+            text_body: format!(
+                "This is a test message from graph-mailer {} sent by {sent_by}.\nIf you can read it, the set-up works.",
+                crate::VERSION
+            ),
+            save_to_sent_items: true,
+            ..Default::default()
+        },
+        max_message_bytes,
+    );
+    (subject, message)
 }

@@ -1,4 +1,5 @@
-//! The HTTP side: the OAuth callback the browser lands on, liveness, readiness and metrics.
+//! The HTTP side: the OAuth callback the browser lands on, the admin page (`crate::admin`),
+//! liveness, readiness and metrics.
 //!
 //! Pages carry security headers ([`security_headers`]): no scripts, no framing, no sniffing,
 //! no referrer, no caching.
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
+    admin::AdminPage,
     health::Health,
     oauth::{CallbackOutcome, CallbackParams, ConnectFlow},
     variables,
@@ -29,6 +31,8 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// `None` when `/metrics` has a listener of its own.
     pub metrics: Option<PrometheusHandle>,
+    /// The admin page, when served.
+    pub admin: Option<Arc<AdminPage>>,
 }
 
 /// The HTTP listener's routes.
@@ -37,6 +41,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/oauth2/callback", get(callback))
         .with_state(state.clone())
         .merge(probes(state.health));
+    if let Some(admin) = &state.admin {
+        router = router.merge(admin.router());
+    }
     if let Some(metrics) = state.metrics {
         router = router.merge(metrics_only(metrics));
     }
@@ -100,7 +107,15 @@ pub fn security_headers() -> [(header::HeaderName, &'static str); 5] {
 async fn callback(
     State(state): State<HttpState>,
     Query(params): Query<CallbackParams>,
+    headers: HeaderMap,
 ) -> Response {
+    // One redirect URI serves both sign-ins; the `state` tells an administrator's from a
+    // mailbox owner's.
+    if let Some(admin) = &state.admin
+        && let Some(response) = admin.finish_sign_in(&params, &headers).await
+    {
+        return response;
+    }
     let outcome = match &state.connect {
         Some(connect) => connect.complete(params).await,
         None => CallbackOutcome::Failed {

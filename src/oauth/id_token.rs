@@ -6,6 +6,60 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
+use super::{IdentityClient, TokenGrant};
+
+/// Why an id_token does not prove a sign-in at this app's tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginProblem {
+    /// Missing or not a JWT with readable claims.
+    Unreadable(String),
+    /// Issued to another application.
+    Audience,
+    /// An account of another tenant.
+    Tenant,
+    /// Issued by another authority (cloud).
+    Issuer { found: String, expected: String },
+}
+
+/// The grant's id_token claims, once they prove the token was issued to this app (`aud`) by
+/// this tenant's issuer (`iss` = `{authority}/{tid}/v2.0`) for the configured tenant (`tid`).
+pub fn verify_origin(
+    identity: &IdentityClient,
+    grant: &TokenGrant,
+) -> Result<IdTokenClaims, OriginProblem> {
+    let claims = grant
+        .id_token
+        .as_deref()
+        .ok_or_else(|| "Microsoft returned no id_token".to_owned())
+        .and_then(IdTokenClaims::decode)
+        .map_err(|reason| {
+            tracing::error!(reason, "id_token unusable");
+            OriginProblem::Unreadable(reason)
+        })?;
+    if claims.aud != identity.client_id().as_str() {
+        tracing::error!("id_token audience is not this app; refused");
+        return Err(OriginProblem::Audience);
+    }
+    let tenant = identity.tenant();
+    let tid = claims.tid.as_deref().unwrap_or_default();
+    let tenant_matches =
+        !tid.is_empty() && (!tenant.is_guid() || tid.eq_ignore_ascii_case(tenant.as_str()));
+    if !tenant_matches {
+        tracing::error!("id_token tenant is not the configured tenant; refused");
+        return Err(OriginProblem::Tenant);
+    }
+    let expected = identity.issuer_for(tid);
+    if claims.iss.as_deref() != Some(expected.as_str()) {
+        let found = claims.iss.clone().unwrap_or_else(|| "missing".to_owned());
+        tracing::error!(
+            issuer = found,
+            "id_token issuer is not the configured authority; refused"
+        );
+        return Err(OriginProblem::Issuer { found, expected });
+    }
+    Ok(claims)
+}
+
 /// The claims graph-mailer reads.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct IdTokenClaims {
@@ -26,6 +80,9 @@ pub struct IdTokenClaims {
     /// The account's email address, with the `email` scope.
     #[serde(default)]
     pub email: Option<String>,
+    /// The value the sign-in request carried, echoed back (OpenID Connect's replay guard).
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 impl IdTokenClaims {

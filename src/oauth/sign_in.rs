@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use super::{
     CallbackOutcome, Directory, DirectoryError, DirectoryUser, IdTokenClaims, IdentityClient,
     TokenGrant,
+    id_token::{OriginProblem, verify_origin},
 };
 use crate::{
     domain::Mailbox,
@@ -144,59 +145,34 @@ fn issued_here(
     mailbox: &Mailbox,
     grant: &TokenGrant,
 ) -> Result<IdTokenClaims, CallbackOutcome> {
-    let claims = grant
-        .id_token
-        .as_deref()
-        .ok_or_else(|| "Microsoft returned no id_token".to_owned())
-        .and_then(IdTokenClaims::decode)
-        .map_err(|reason| {
-            tracing::error!(reason, "id_token unusable");
-            CallbackOutcome::failed(
-                502,
-                "Microsoft's answer did not say who signed in.",
-                format!(
-                    "{reason}; the openid scope must be granted. Call Connect again for {mailbox}."
-                ),
-            )
-        })?;
-    if claims.aud != identity.client_id().as_str() {
-        tracing::error!("id_token audience is not this app; refused");
-        return Err(CallbackOutcome::failed(
+    verify_origin(identity, grant).map_err(|problem| match problem {
+        OriginProblem::Unreadable(reason) => CallbackOutcome::failed(
+            502,
+            "Microsoft's answer did not say who signed in.",
+            format!(
+                "{reason}; the openid scope must be granted. Call Connect again for {mailbox}."
+            ),
+        ),
+        OriginProblem::Audience => CallbackOutcome::failed(
             400,
             "The sign-in was issued to a different application.",
             format!("Check {}, then call Connect again.", variables::CLIENT_ID),
-        ));
-    }
-    let tenant = identity.tenant();
-    let tid = claims.tid.as_deref().unwrap_or_default();
-    let tenant_matches =
-        !tid.is_empty() && (!tenant.is_guid() || tid.eq_ignore_ascii_case(tenant.as_str()));
-    if !tenant_matches {
-        tracing::error!("id_token tenant is not the configured tenant; refused");
-        return Err(CallbackOutcome::failed(
+        ),
+        OriginProblem::Tenant => CallbackOutcome::failed(
             400,
             "The account signed in belongs to a different Microsoft 365 tenant.",
             format!("Sign in with an account of the tenant that owns {mailbox}."),
-        ));
-    }
-    let expected_issuer = identity.issuer_for(tid);
-    if claims.iss.as_deref() != Some(expected_issuer.as_str()) {
-        tracing::error!(
-            issuer = claims.iss.as_deref().unwrap_or("-"),
-            "id_token issuer is not the configured authority; refused"
-        );
-        return Err(CallbackOutcome::failed(
+        ),
+        OriginProblem::Issuer { found, expected } => CallbackOutcome::failed(
             400,
             "The sign-in's token comes from an unexpected issuer.",
             format!(
-                "Its issuer is {}, expected {expected_issuer}: check {} (the sign-in must happen \
+                "Its issuer is {found}, expected {expected}: check {} (the sign-in must happen \
                  at the configured Microsoft cloud), then call Connect again.",
-                claims.iss.as_deref().unwrap_or("missing"),
                 variables::AUTHORITY_URL
             ),
-        ));
-    }
-    Ok(claims)
+        ),
+    })
 }
 
 /// The user the new access token belongs to, from Graph.

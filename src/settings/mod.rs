@@ -9,7 +9,9 @@
 //!   mistakes.
 //! - [`scopes`]: the Graph permissions asked for, and the Graph resource they are for.
 //! - [`outbox`]: the outbox's pacing limits, retries and retention.
+//! - [`admin`]: the admin page: who may sign in, and for how long.
 
+pub mod admin;
 pub mod azure;
 pub mod outbox;
 pub mod raw;
@@ -26,6 +28,7 @@ use url::Url;
 pub use crate::variables as names;
 use crate::variables;
 pub use crate::variables::ENV_PREFIX;
+pub use admin::{AdminId, AdminSettings};
 pub use azure::{AzureSettings, ClientId, ClientSecretSource, TenantId, secret_id_warning};
 pub use outbox::{OutboxSettings, PacingLimits};
 pub use raw::RawSettings;
@@ -74,6 +77,7 @@ pub struct Settings {
     /// `/metrics` on a listener of its own.
     pub metrics_addr: Option<SocketAddr>,
     pub access: AccessSettings,
+    pub admin: AdminSettings,
     pub tls: Option<TlsSettings>,
     pub limits: LimitSettings,
     pub outbox: OutboxSettings,
@@ -129,6 +133,7 @@ impl Settings {
         let data_dir = PathBuf::from(&raw.data_dir);
         let access =
             AccessSettings::from_raw(&raw, graph_chosen == Some(true), &data_dir, &mut problems);
+        let admin = AdminSettings::from_raw(&raw, graph_chosen == Some(true), &mut problems);
         let tls = TlsSettings::from_raw(&raw, &mut problems);
         let limits = LimitSettings::from_raw(&raw, &mut problems);
         let outbox = OutboxSettings::from_raw(&raw, &mut problems);
@@ -159,6 +164,7 @@ impl Settings {
                 health_addr: health_addr?,
                 metrics_addr: metrics_addr?,
                 access: access?,
+                admin: admin?,
                 tls: tls?,
                 limits: limits?,
                 outbox: outbox?,

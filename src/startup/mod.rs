@@ -22,6 +22,7 @@ pub(crate) use wiring::{Microsoft, open_access, open_store, wire_microsoft};
 
 use self::listeners::{Listeners, Servers, Services};
 use crate::{
+    admin::{self, AdminPage},
     callers::CallerRegistry,
     clock::{SharedClock, SystemClock},
     grpc,
@@ -119,7 +120,7 @@ impl Application {
         if let Some(at) = secret_expiry.expires_at {
             metrics::client_secret_expiry(at.timestamp());
         }
-        let (transport, tokens, connect, secret) = match &settings.azure {
+        let (transport, tokens, connect, secret, identity) = match &settings.azure {
             Some(azure) => {
                 let m = wire_microsoft(
                     &settings,
@@ -129,7 +130,13 @@ impl Application {
                     overrides.refresh_backoff,
                     audit.clone(),
                 )?;
-                (m.transport, Some(m.tokens), Some(m.connect), Some(m.secret))
+                (
+                    m.transport,
+                    Some(m.tokens),
+                    Some(m.connect),
+                    Some(m.secret),
+                    Some(m.identity),
+                )
             }
             None => {
                 tracing::warn!(
@@ -139,7 +146,7 @@ impl Application {
                 );
                 let sandbox: SharedTransport =
                     Arc::new(SandboxTransport::new(&settings.data_dir, clock.clone()));
-                (sandbox, None, None, None)
+                (sandbox, None, None, None, None)
             }
         };
         let post_office = Arc::new(PostOffice::new(Parts {
@@ -170,6 +177,18 @@ impl Application {
             settings.graph.reconcile_window,
         ));
         let upkeep = Arc::new(Upkeep::new(store.clone(), clock.clone(), secret_expiry));
+        let admin = settings.admin.enabled.then(|| {
+            AdminPage::new(admin::Parts {
+                settings: Arc::new(settings.clone()),
+                store: store.clone(),
+                clock: clock.clone(),
+                post_office: post_office.clone(),
+                outbox: outbox.clone(),
+                callers: callers.clone(),
+                identity,
+                audit: audit.clone(),
+            })
+        });
         let grpc = grpc::services(grpc::MailerParts {
             post_office: post_office.clone(),
             outbox,
@@ -186,6 +205,7 @@ impl Application {
                 connect,
                 health: health.clone(),
                 metrics: settings.metrics_addr.is_none().then(|| metrics.clone()),
+                admin,
             }),
             health: grpc
                 .health_routes

@@ -21,6 +21,7 @@ use crate::{
 
 /// The Microsoft side, when the transport is Graph.
 pub(crate) struct Microsoft {
+    pub(crate) identity: Arc<IdentityClient>,
     pub(crate) tokens: Arc<TokenManager>,
     pub(crate) connect: Arc<ConnectFlow>,
     pub(crate) secret: Arc<ClientSecretProvider>,
@@ -143,6 +144,7 @@ pub(crate) fn wire_microsoft(
         "Graph transport ready"
     );
     Ok(Microsoft {
+        identity,
         tokens,
         connect,
         secret,

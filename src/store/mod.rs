@@ -14,9 +14,10 @@
 //! the mailbox request slots replicas share). [`states`] holds the states kept as text.
 //! The outbox: [`outbox`] (queueing and events), [`outbox_flow`] (attempts, cancels,
 //! recovery), [`outbox_reads`], [`pacing`] (slots and rolling limits), [`queue_end`]
-//! (estimates), [`queue_stats`].
+//! (estimates), [`queue_stats`]. [`admin`]: the admin page's sign-ins and sessions.
 //! `nodelay` works around a sqlx 0.9.0 regression on PostgreSQL sockets.
 
+pub(crate) mod admin;
 pub(crate) mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod leases;
@@ -42,6 +43,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
+pub use admin::{AdminSession, AdminSignIn};
 pub use crypto::{KeyOrigin, TokenCipher};
 pub use idempotency::{Claim, IdempotencyRecord};
 pub use leases::{MailboxSlot, TOKEN_LEASE, TokenLease};
@@ -261,9 +263,11 @@ impl Store {
         &self.pool
     }
 
-    /// Deletes expired idempotency keys and sign-in links. Returns how many rows went.
+    /// Deletes expired idempotency keys, sign-in links and admin sessions. Returns how many rows went.
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(self.purge_expired_keys(now).await? + self.purge_expired_sign_ins(now).await?)
+        Ok(self.purge_expired_keys(now).await?
+            + self.purge_expired_sign_ins(now).await?
+            + self.purge_expired_admin(now).await?)
     }
 }
 

@@ -1,0 +1,117 @@
+//! Admin sessions: a random id in an HttpOnly, SameSite=Lax cookie (Secure when the page is
+//! served over https), kept server-side as a hash so any replica can serve it and a copy of the
+//! store cannot be used to sign in. Each session's CSRF token is derived from the id, so it is
+//! known only to the browser that holds the cookie and to pages rendered for it.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "gm_admin_session";
+/// The cookie that ties a sign-in with Microsoft to the browser that started it.
+pub const SIGN_IN_COOKIE: &str = "gm_admin_sign_in";
+
+/// A signed-in administrator.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id_hash: String,
+    /// Who signed in, as the audit log names them.
+    pub admin: String,
+    /// The token every state-changing form must carry.
+    pub csrf: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Session {
+    /// Whether a form's token is this session's (compared in constant time).
+    pub fn accepts_csrf(&self, presented: Option<&str>) -> bool {
+        let Some(presented) = presented else {
+            return false;
+        };
+        let (a, b) = (presented.as_bytes(), self.csrf.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// What the store keeps of a browser-held secret.
+pub fn hash(kind: &str, secret: &str) -> String {
+    hex(&Sha256::digest(format!("{kind}|{secret}").as_bytes()))
+}
+
+/// The CSRF token of the session with this id.
+pub fn csrf_token(session_id: &str) -> String {
+    hash("csrf", session_id)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the cookie `name`, when the request has it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, for the whole site, Secure over https.
+/// `max_age` 0 deletes the cookie.
+pub fn set_cookie(name: &str, value: &str, max_age_seconds: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_seconds}{secure}"
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_is_found_among_others_and_an_empty_one_is_none() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gm_admin_session=abc; b="),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "b"), None);
+        assert_eq!(cookie(&headers, "gm_admin"), None);
+    }
+
+    #[test]
+    fn only_the_sessions_own_csrf_token_is_accepted() {
+        let session = Session {
+            id_hash: hash("session", "id"),
+            admin: "ops".into(),
+            csrf: csrf_token("id"),
+            expires_at: Utc::now(),
+        };
+        assert!(session.accepts_csrf(Some(&csrf_token("id"))));
+        assert!(!session.accepts_csrf(Some(&csrf_token("other"))));
+        assert!(!session.accepts_csrf(Some("")));
+        assert!(!session.accepts_csrf(None));
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_over_https() {
+        let cookie = set_cookie(SESSION_COOKIE, "v", 60, true);
+        let text = cookie.to_str().unwrap();
+        assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax"));
+        assert!(text.ends_with("; Secure"));
+        assert!(
+            !set_cookie(SESSION_COOKIE, "v", 60, false)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+    }
+}
