@@ -86,7 +86,8 @@ pub(super) async fn connect(
         mailbox => mailbox.as_str(),
         url => link.url,
         expires => link.expires_at.format("%H:%M UTC").to_string(),
-        minutes => (link.expires_at - now).num_minutes(),
+        // Rounded up: a link made just now has its whole ten minutes.
+        minutes => ((link.expires_at - now).num_seconds() + 59).div_euclid(60),
         owner => session.admin.eq_ignore_ascii_case(mailbox.as_str()),
         since => now.timestamp_millis(),
     };

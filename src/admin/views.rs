@@ -170,7 +170,7 @@ pub(super) async fn overview(State(page): State<Arc<AdminPage>>, headers: Header
             .unwrap_or_else(|| chrono::Duration::days(30));
         SecretView {
             expires: at.format("%Y-%m-%d %H:%M UTC").to_string(),
-            days_left: (at - now).num_days(),
+            days_left: crate::oauth::secret::days_until(at, now),
             expired: at <= now,
             rotate: at - now <= warning,
         }

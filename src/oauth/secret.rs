@@ -26,6 +26,11 @@ pub fn rotate_expired_secret() -> String {
     )
 }
 
+/// Whole days until `at`, rounded up: a secret expiring in 9 days and 23 hours has 10 left.
+pub fn days_until(at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    ((at - now).num_seconds() + 86_399).div_euclid(86_400)
+}
+
 /// The client secret's expiry as configured, for Status, `check` and warnings.
 #[derive(Debug, Clone, Copy)]
 pub struct SecretExpiry {
@@ -38,7 +43,7 @@ impl SecretExpiry {
     /// A sentence when the secret expires soon or expired, `None` otherwise.
     pub fn warning(&self, now: DateTime<Utc>) -> Option<String> {
         let expires_at = self.expires_at?;
-        let days = (expires_at - now).num_days();
+        let days = days_until(expires_at, now);
         if expires_at <= now {
             Some(format!(
                 "the client secret expired on {}: token requests fail with AADSTS7000222; {}",

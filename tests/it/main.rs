@@ -3,6 +3,8 @@
 
 mod support;
 
+mod admin_http;
+mod admin_page;
 mod api;
 mod architecture;
 mod callers;

@@ -256,6 +256,8 @@ struct Settings {
 
 struct PendingCode {
     account: User,
+    /// The authorize request's `nonce`, which the id_token echoes (OpenID Connect Core 2).
+    nonce: Option<String>,
     redirect_uri: String,
     scope: String,
     code_challenge: String,
@@ -594,6 +596,7 @@ async fn authorize(
         code.clone(),
         PendingCode {
             account,
+            nonce: params.get("nonce").cloned(),
             redirect_uri: get("redirect_uri"),
             scope,
             code_challenge: get("code_challenge"),
@@ -696,9 +699,16 @@ fn token_inner(
                 );
             }
             let (account, scope) = (pending.account.clone(), pending.scope.clone());
+            let nonce = pending.nonce.clone();
             inner.sign_ins += 1;
             let sign_in = inner.sign_ins;
-            issue(&mut inner, &state.tokens, &account, &scope, &scope, sign_in)
+            let grant = Grant {
+                requested: &scope,
+                consent: &scope,
+                sign_in,
+                nonce: nonce.as_deref(),
+            };
+            issue(&mut inner, &state.tokens, &account, grant)
         }
         "refresh_token" => {
             if let Some(fault) = inner.settings.refresh_fault {
@@ -742,14 +752,13 @@ fn token_inner(
             grant.revoked = true;
             let (account, consent, sign_in) =
                 (grant.account.clone(), grant.scope.clone(), grant.sign_in);
-            issue(
-                &mut inner,
-                &state.tokens,
-                &account,
-                &requested,
-                &consent,
+            let grant = Grant {
+                requested: &requested,
+                consent: &consent,
                 sign_in,
-            )
+                nonce: None,
+            };
+            issue(&mut inner, &state.tokens, &account, grant)
         }
         other => error(
             400,
@@ -763,14 +772,17 @@ fn token_inner(
 
 /// Issues tokens for `requested_scope`; the refresh token remembers `consent`, what the user
 /// consented to (a later refresh may ask for that, or less).
-fn issue(
-    inner: &mut Inner,
-    tokens: &TokenRegistry,
-    account: &User,
-    requested_scope: &str,
-    consent: &str,
+/// What a token response is for.
+struct Grant<'a> {
+    requested: &'a str,
+    consent: &'a str,
     sign_in: usize,
-) -> Response {
+    /// The sign-in request's nonce, echoed in the id_token.
+    nonce: Option<&'a str>,
+}
+
+fn issue(inner: &mut Inner, tokens: &TokenRegistry, account: &User, grant: Grant<'_>) -> Response {
+    let (requested_scope, consent, sign_in) = (grant.requested, grant.consent, grant.sign_in);
     let settings = &inner.settings;
     let resource = format!("{}/", settings.graph_resource);
     let granted = settings.granted_scopes.clone().unwrap_or_else(|| {
@@ -809,7 +821,11 @@ fn issue(
         "access_token": access_token,
     });
     if !settings.omit_id_token && requested_scope.split(' ').any(|s| s == "openid") {
-        body["id_token"] = json!(id_token_of(account, CLIENT_ID, TENANT, &settings.issuer));
+        let mut claims = id_token_claims(account, CLIENT_ID, TENANT, &settings.issuer);
+        if let Some(nonce) = grant.nonce {
+            claims["nonce"] = json!(nonce);
+        }
+        body["id_token"] = json!(encode_id_token(&claims));
     }
     let with_refresh =
         !settings.omit_refresh_token && granted.split(' ').any(|s| s == "offline_access");
@@ -854,8 +870,16 @@ pub fn id_token_for(account: &str, aud: &str, tid: &str) -> String {
 }
 
 fn id_token_of(user: &User, aud: &str, tid: &str, issuer: &str) -> String {
+    encode_id_token(&id_token_claims(user, aud, tid, issuer))
+}
+
+fn encode_id_token(claims: &Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"none"}"#);
-    let claims = json!({
+    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
+}
+
+fn id_token_claims(user: &User, aud: &str, tid: &str, issuer: &str) -> Value {
+    json!({
         "aud": aud,
         "iss": issuer,
         "iat": chrono::Utc::now().timestamp(),
@@ -867,8 +891,7 @@ fn id_token_of(user: &User, aud: &str, tid: &str, issuer: &str) -> String {
         "email": user.mail,
         "name": user.upn.split('@').next().unwrap_or_default(),
         "ver": "2.0",
-    });
-    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    })
 }
 
 async fn discovery(Path(tenant): Path<String>, State(state): State<AppState>) -> Response {

@@ -1,0 +1,276 @@
+//! The admin page at the HTTP level, where a browser would hide the details: headers,
+//! cookies, key sign-in, a sign-in finished in another browser, and the audit log.
+
+use reqwest::{StatusCode, header, redirect::Policy};
+
+use crate::{
+    admin_page::{ADMIN, ADMIN_KEY, OWNER, Setup},
+    support::{
+        Microsoft,
+        binary::{Service, caller_entry},
+    },
+};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `name=value` of a `Set-Cookie` header named `name`, and the whole header.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| (v.split(';').next().unwrap().to_owned(), v.to_owned()))
+}
+
+async fn sign_in_with_key(setup: &Setup, key: &str) -> reqwest::Response {
+    client()
+        .post(setup.url("/admin/sign-in/key"))
+        .form(&[("key", key)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pages_carry_the_security_headers_and_sessions_a_strict_cookie() {
+    let setup = Setup::start(&[("ADMIN_KEY_SIGN_IN", "true".into())]).await;
+    let sign_in = client()
+        .get(setup.url("/admin/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_in.status(), StatusCode::OK);
+    let headers = sign_in.headers();
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+
+    let response = sign_in_with_key(&setup, ADMIN_KEY).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let (cookie, whole) = set_cookie(&response, "gm_admin_session").expect("a session cookie");
+    assert!(
+        whole.contains("HttpOnly") && whole.contains("SameSite=Lax"),
+        "{whole}"
+    );
+    assert!(!whole.contains("Secure"), "plain http here: {whole}");
+    let overview = client()
+        .get(setup.url("/admin"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), StatusCode::OK);
+    assert_eq!(overview.headers()[header::CACHE_CONTROL], "no-store");
+    assert!(overview.text().await.unwrap().contains("key operator"));
+}
+
+#[tokio::test]
+async fn session_cookies_are_secure_when_the_public_url_is_https() {
+    let ms = Microsoft::start().await;
+    let callers = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        callers.path(),
+        caller_entry("operator", ADMIN_KEY, "admin", &[], ""),
+    )
+    .unwrap();
+    let mut env = ms.env();
+    env.push(("CALLERS_FILE", callers.path().display().to_string()));
+    env.push(("ADMIN_KEY_SIGN_IN", "true".into()));
+    env.push(("PUBLIC_URL", "https://mailer.contoso.com".into()));
+    let service = Service::spawn(&env);
+    service.wait_ready().await;
+    let response = client()
+        .post(format!(
+            "http://127.0.0.1:{}/admin/sign-in/key",
+            service.http_port
+        ))
+        .form(&[("key", ADMIN_KEY)])
+        .send()
+        .await
+        .unwrap();
+    let (_, whole) = set_cookie(&response, "gm_admin_session").expect("a session cookie");
+    assert!(whole.ends_with("; Secure"), "{whole}");
+}
+
+#[tokio::test]
+async fn key_sign_in_admits_only_admin_keys_and_only_when_switched_on() {
+    let setup = Setup::start(&[]).await;
+    let off = sign_in_with_key(&setup, ADMIN_KEY).await;
+    assert_eq!(
+        off.status(),
+        StatusCode::FORBIDDEN,
+        "off by default in graph mode"
+    );
+    assert!(set_cookie(&off, "gm_admin_session").is_none());
+
+    let setup = Setup::start(&[("ADMIN_KEY_SIGN_IN", "true".into())]).await;
+    let unknown = sign_in_with_key(&setup, "gm_not-a-key").await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(&unknown, "gm_admin_session").is_none());
+    let audit = std::fs::read_to_string(setup.service.data_dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"admin_sign_in\"") && audit.contains("\"refused\""),
+        "{audit}"
+    );
+    assert!(!audit.contains("gm_not-a-key"), "a key in the audit log");
+}
+
+#[tokio::test]
+async fn a_sender_key_does_not_open_the_admin_page() {
+    let ms = Microsoft::start().await;
+    let callers = tempfile::NamedTempFile::new().unwrap();
+    let sender_key = "gm_senderkey0000000000000000000000000000000000";
+    std::fs::write(
+        callers.path(),
+        caller_entry("billing", sender_key, "sender", &[OWNER], ""),
+    )
+    .unwrap();
+    let mut env = ms.env();
+    env.push(("CALLERS_FILE", callers.path().display().to_string()));
+    env.push(("ADMIN_KEY_SIGN_IN", "true".into()));
+    let service = Service::spawn(&env);
+    service.wait_ready().await;
+    let response = client()
+        .post(format!(
+            "http://127.0.0.1:{}/admin/sign-in/key",
+            service.http_port
+        ))
+        .form(&[("key", sender_key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(&response, "gm_admin_session").is_none());
+    assert!(response.text().await.unwrap().contains("sender"));
+}
+
+/// Starts a Microsoft sign-in: the browser cookie, and the callback URL Microsoft sends back.
+async fn start_microsoft_sign_in(setup: &Setup) -> (String, String) {
+    setup.ms.identity.sign_in_as(ADMIN);
+    let start = client()
+        .get(setup.url("/admin/sign-in/microsoft"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let (browser, _) = set_cookie(&start, "gm_admin_sign_in").expect("a sign-in cookie");
+    let authorize = start.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let back = client().get(authorize).send().await.unwrap();
+    let callback = back.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (browser, callback)
+}
+
+#[tokio::test]
+async fn a_sign_in_finished_in_another_browser_or_twice_is_refused() {
+    let setup = Setup::start(&[]).await;
+    let (_, callback) = start_microsoft_sign_in(&setup).await;
+    let elsewhere = client().get(&callback).send().await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(&elsewhere, "gm_admin_session").is_none());
+    assert!(elsewhere.text().await.unwrap().contains("another browser"));
+
+    let (browser, callback) = start_microsoft_sign_in(&setup).await;
+    let here = client()
+        .get(&callback)
+        .header(header::COOKIE, &browser)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        here.status(),
+        StatusCode::SEE_OTHER,
+        "the same browser is admitted"
+    );
+    assert!(set_cookie(&here, "gm_admin_session").is_some());
+    let again = client()
+        .get(&callback)
+        .header(header::COOKIE, &browser)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        set_cookie(&again, "gm_admin_session").is_none(),
+        "a state works once"
+    );
+    assert_ne!(again.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn admin_actions_are_audited_with_the_admins_identity() {
+    let setup = Setup::start(&[]).await;
+    setup.connect_owner_directly().await;
+    let (browser, callback) = start_microsoft_sign_in(&setup).await;
+    let signed_in = client()
+        .get(&callback)
+        .header(header::COOKIE, &browser)
+        .send()
+        .await
+        .unwrap();
+    let (session, _) = set_cookie(&signed_in, "gm_admin_session").unwrap();
+    let page = client()
+        .get(setup.url("/admin"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let sent = client()
+        .post(setup.url("/admin/test-mail"))
+        .header(header::COOKIE, &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("mailbox", OWNER),
+            ("to", "alice@example.com"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::OK);
+    let gone = client()
+        .post(setup.url("/admin/disconnect"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf.as_str()), ("mailbox", OWNER)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::OK);
+    let audit = std::fs::read_to_string(setup.service.data_dir.join("audit.log")).unwrap();
+    let by_admin = |event: &str| {
+        audit.lines().any(|line| {
+            line.contains(&format!("\"event\":\"{event}\""))
+                && line.contains(&format!("\"caller\":\"admin page: {ADMIN}\""))
+        })
+    };
+    assert!(by_admin("test_mail"), "{audit}");
+    assert!(by_admin("disconnect"), "{audit}");
+    assert!(
+        audit.contains(&format!("\"caller\":\"{ADMIN}\"")),
+        "sign-in: {audit}"
+    );
+}
