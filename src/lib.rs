@@ -33,6 +33,7 @@
 //! - [`http`]: the HTTP side: OAuth callback, liveness, readiness, metrics.
 //! - [`admin`]: the admin page on the HTTP listener: sign-in, overview, mailboxes, outbox.
 //! - [`periodic`]: the timer loop every background task runs on.
+//! - [`wiring`]: the parts a service (and `check`) is wired from: store, Microsoft side, callers.
 //! - [`startup`]: [`startup::Application`], which binds listeners and serves until shutdown.
 //! - [`check`]: the `graph-mailer check` command.
 
@@ -65,6 +66,7 @@ pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod upkeep;
 pub mod variables;
+pub(crate) mod wiring;
 
 /// The service's version, reported by Status and the build-info metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,9 +12,9 @@ use crate::{
     domain::Mailbox,
     oauth::{ClientSecretProvider, IdentityClient, SecretExpiry},
     settings::{AzureSettings, ClientSecretSource, PacingLimits, Settings, azure::is_guid},
-    startup::Microsoft,
     store::{ConnectionState, MailboxRecord, Store},
     variables,
+    wiring::Microsoft,
 };
 
 pub(super) fn registration_checks(

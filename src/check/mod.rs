@@ -19,8 +19,8 @@ use crate::{
     clock::{SharedClock, SystemClock},
     oauth::REFRESH_BACKOFF,
     settings::Settings,
-    startup::wire_microsoft,
     variables,
+    wiring::wire_microsoft,
 };
 
 /// What `check` was asked to do.

@@ -12,9 +12,9 @@ use crate::{
     oauth::SecretExpiry,
     postoffice::{Parts, PostOffice, SendRequest},
     settings::Settings,
-    startup::Microsoft,
     store::Store,
     transport::{SandboxTransport, SharedTransport},
+    wiring::Microsoft,
 };
 
 pub(super) async fn send_test(

@@ -6,11 +6,10 @@
 //! completes, then turns health NOT_SERVING, stops accepting calls, lets in-flight ones finish
 //! within the drain timeout, and stops the background tasks.
 //!
-//! - `wiring`: the store, the Microsoft side, the callers and the audit log.
+//! - [`crate::wiring`]: the store, the Microsoft side, the callers and the audit log.
 //! - `listeners`: the listeners and the servers on them, with TLS when configured.
 
 mod listeners;
-mod wiring;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,7 +17,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use wiring::{Microsoft, open_access, open_store, wire_microsoft};
+use crate::wiring::{open_access, open_store, wire_microsoft};
 
 use self::listeners::{Listeners, Servers, Services};
 use crate::{

@@ -180,7 +180,8 @@ async fn the_owner_connects_a_mailbox_and_sees_it_connected_without_a_reload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_mail_from_the_page_is_delivered_through_graph() {
-    let setup = Setup::start(&[]).await;
+    let expires = chrono::Utc::now() + chrono::Duration::days(200);
+    let setup = Setup::start(&[("CLIENT_SECRET_EXPIRES_AT", expires.to_rfc3339())]).await;
     setup.connect_owner_directly().await;
     let browser = Browser::start().await;
     setup.sign_in(&browser, ADMIN).await;
@@ -201,6 +202,11 @@ async fn a_test_mail_from_the_page_is_delivered_through_graph() {
             .any(|(to, _)| to == "alice@example.com")
     );
     assert!(delivered[0].subject.starts_with("graph-mailer test"));
+    // The whole overview, as the README shows it.
+    browser.client.set_window_size(1000, 1100).await.unwrap();
+    browser.goto(&setup.url("/admin")).await;
+    browser.wait_for_text("Sent / failed").await;
+    browser.screenshot("admin-overview").await;
     browser.close().await;
 }
 
