@@ -14,6 +14,9 @@ CREATE TABLE admin_sessions (
     id_hash    TEXT PRIMARY KEY,
     -- Who signed in, as the audit log names them.
     admin      TEXT NOT NULL,
+    -- How they got in (JSON), checked again on every request: an administrator taken off
+    -- GRAPH_MAILER_ADMINS or the callers file loses their sessions.
+    entry      TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL
 );

@@ -88,7 +88,7 @@ pub(super) async fn connect(
         expires => link.expires_at.format("%H:%M UTC").to_string(),
         // Rounded up: a link made just now has its whole ten minutes.
         minutes => ((link.expires_at - now).num_seconds() + 59).div_euclid(60),
-        owner => session.admin.eq_ignore_ascii_case(mailbox.as_str()),
+        owner => session.signed_in_as(&mailbox),
         since => now.timestamp_millis(),
     };
     page.render(StatusCode::OK, "connect.html", Some(&session), context)

@@ -163,6 +163,28 @@ impl AdminPage {
         Caller::administrator(format!("admin page: {}", session.admin))
     }
 
+    /// Whether the way `entry` got in still admits: the admins listed, the callers file in
+    /// force, the service still open.
+    fn still_admits(&self, entry: &session::Entry) -> bool {
+        let callers = &self.parts.callers;
+        match entry {
+            session::Entry::Microsoft { object_id, account } => self
+                .parts
+                .settings
+                .admin
+                .admits(object_id.as_deref(), account.as_deref()),
+            session::Entry::Key { caller } => {
+                callers.is_enforced()
+                    && self.parts.settings.admin.key_sign_in
+                    && callers
+                        .callers()
+                        .by_name(caller)
+                        .is_some_and(|caller| caller.is_admin())
+            }
+            session::Entry::Open => !callers.is_enforced(),
+        }
+    }
+
     /// Whether cookies must be Secure: the page is reached over https.
     fn secure_cookies(&self) -> bool {
         let settings = &self.parts.settings;
@@ -217,12 +239,20 @@ async fn session_of(page: &AdminPage, headers: &HeaderMap) -> Option<Session> {
     let id_hash = session::hash("session", id);
     let now = page.parts.clock.now();
     match page.parts.store.admin_session(&id_hash, now).await {
-        Ok(Some(record)) => Some(Session {
-            id_hash,
-            admin: record.admin,
-            csrf: session::csrf_token(id),
-            expires_at: record.expires_at,
-        }),
+        Ok(Some(record)) => {
+            let entry: session::Entry = serde_json::from_str(&record.entry).ok()?;
+            if !page.still_admits(&entry) {
+                tracing::info!("an admin session whose admin is no longer admitted was refused");
+                return None;
+            }
+            Some(Session {
+                id_hash,
+                admin: record.admin,
+                entry,
+                csrf: session::csrf_token(id),
+                expires_at: record.expires_at,
+            })
+        }
         Ok(None) => None,
         Err(error) => {
             tracing::error!(%error, "cannot read an admin session");

@@ -12,18 +12,42 @@ pub const SESSION_COOKIE: &str = "gm_admin_session";
 /// The cookie that ties a sign-in with Microsoft to the browser that started it.
 pub const SIGN_IN_COOKIE: &str = "gm_admin_sign_in";
 
+/// How an administrator got in. Checked again on every request, so taking someone off
+/// `GRAPH_MAILER_ADMINS` (at a restart) or out of the callers file ends their sessions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Entry {
+    Microsoft {
+        object_id: Option<String>,
+        account: Option<String>,
+    },
+    Key {
+        caller: String,
+    },
+    /// The service runs without callers.
+    Open,
+}
+
 /// A signed-in administrator.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id_hash: String,
     /// Who signed in, as the audit log names them.
     pub admin: String,
+    pub entry: Entry,
     /// The token every state-changing form must carry.
     pub csrf: String,
     pub expires_at: DateTime<Utc>,
 }
 
 impl Session {
+    /// Whether the admin signed in with Microsoft as `mailbox`'s account (then they can use
+    /// its sign-in link themselves).
+    pub fn signed_in_as(&self, mailbox: &crate::domain::Mailbox) -> bool {
+        matches!(&self.entry, Entry::Microsoft { account: Some(account), .. }
+            if account.eq_ignore_ascii_case(mailbox.as_str()))
+    }
+
     /// Whether a form's token is this session's (compared in constant time).
     pub fn accepts_csrf(&self, presented: Option<&str>) -> bool {
         let Some(presented) = presented else {
@@ -92,6 +116,7 @@ mod tests {
         let session = Session {
             id_hash: hash("session", "id"),
             admin: "ops".into(),
+            entry: Entry::Open,
             csrf: csrf_token("id"),
             expires_at: Utc::now(),
         };

@@ -22,14 +22,14 @@ use secrecy::ExposeSecret;
 
 use super::{
     AdminPage, Session, session,
-    session::{SESSION_COOKIE, SIGN_IN_COOKIE, hash, set_cookie},
+    session::{Entry, SESSION_COOKIE, SIGN_IN_COOKIE, hash, set_cookie},
     session_of, to_sign_in,
 };
 use crate::{
     audit::{AuditEvent, AuditRecord},
     callers::Credentials,
     oauth::{CallbackParams, client::random_token, id_token::verify_origin},
-    store::AdminSignIn,
+    store::{AdminSession, AdminSignIn},
     variables,
 };
 
@@ -59,15 +59,25 @@ impl AdminPage {
     }
 
     /// Starts a session for `admin` and sends the browser to the overview.
-    async fn start_session(&self, admin: &str, how: &str) -> Response {
+    async fn start_session(&self, admin: &str, entry: Entry) -> Response {
         let id = random_token();
         let now = self.parts.clock.now();
         let lifetime = self.parts.settings.admin.session_lifetime;
         let expires_at = now + Duration::from_std(lifetime).unwrap_or(Duration::hours(8));
+        let how = match &entry {
+            Entry::Microsoft { .. } => "microsoft",
+            Entry::Key { .. } => "key",
+            Entry::Open => "open service",
+        };
+        let record = AdminSession {
+            admin: admin.to_owned(),
+            entry: serde_json::to_string(&entry).unwrap_or_default(),
+            expires_at,
+        };
         if let Err(error) = self
             .parts
             .store
-            .insert_admin_session(&hash("session", &id), admin, now, expires_at)
+            .insert_admin_session(&hash("session", &id), &record, now)
             .await
         {
             tracing::error!(%error, "cannot store an admin session");
@@ -98,10 +108,19 @@ impl AdminPage {
         response
     }
 
+    /// Refused sign-ins are audited as refused calls, whose lines the audit log rate-limits:
+    /// anyone can try.
     fn refuse_sign_in(&self, who: &str, status: StatusCode, problem: String) -> Response {
-        self.parts
-            .audit
-            .record(AuditRecord::new(AuditEvent::AdminSignIn, "refused").caller(who));
+        let outcome = if status == StatusCode::FORBIDDEN {
+            "permission_denied"
+        } else {
+            "unauthenticated"
+        };
+        self.parts.audit.record(
+            AuditRecord::new(AuditEvent::Refused, outcome)
+                .caller(who)
+                .rpc("admin page sign-in"),
+        );
         self.sign_in_page(status, Some(problem))
     }
 
@@ -189,7 +208,11 @@ impl AdminPage {
                 ),
             );
         }
-        self.start_session(&who, "microsoft").await
+        let entry = Entry::Microsoft {
+            object_id: oid.map(str::to_owned),
+            account: account.map(str::to_owned),
+        };
+        self.start_session(&who, entry).await
     }
 }
 
@@ -271,7 +294,10 @@ pub(super) async fn with_key(
     };
     match page.parts.callers.authenticate(&credentials) {
         Ok(caller) if caller.is_admin() => {
-            page.start_session(&format!("key {}", caller.name), "key")
+            let entry = Entry::Key {
+                caller: caller.name.clone(),
+            };
+            page.start_session(&format!("key {}", caller.name), entry)
                 .await
         }
         Ok(caller) => page.refuse_sign_in(
@@ -298,7 +324,7 @@ pub(super) async fn open_service(State(page): State<Arc<AdminPage>>) -> Response
             Some("This service has callers: sign in as one of its administrators.".into()),
         );
     }
-    page.start_session(crate::callers::ANONYMOUS, "open service")
+    page.start_session(crate::callers::ANONYMOUS, Entry::Open)
         .await
 }
 

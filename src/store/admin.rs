@@ -29,6 +29,8 @@ pub struct AdminSignIn {
 pub struct AdminSession {
     /// Who signed in, as the audit log names them.
     pub admin: String,
+    /// How they got in, as the admin page wrote it.
+    pub entry: String,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -99,18 +101,18 @@ impl Store {
     pub async fn insert_admin_session(
         &self,
         id_hash: &str,
-        admin: &str,
+        session: &AdminSession,
         now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO admin_sessions (id_hash, admin, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO admin_sessions (id_hash, admin, entry, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id_hash)
-        .bind(admin)
+        .bind(&session.admin)
+        .bind(&session.entry)
         .bind(now.timestamp_millis())
-        .bind(expires_at.timestamp_millis())
+        .bind(session.expires_at.timestamp_millis())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -123,7 +125,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<AdminSession>, StoreError> {
         let row = sqlx::query(
-            "SELECT admin, expires_at FROM admin_sessions WHERE id_hash = $1 AND expires_at > $2",
+            "SELECT admin, entry, expires_at FROM admin_sessions \
+             WHERE id_hash = $1 AND expires_at > $2",
         )
         .bind(id_hash)
         .bind(now.timestamp_millis())
@@ -132,6 +135,7 @@ impl Store {
         row.map(|row| {
             Ok(AdminSession {
                 admin: row.try_get("admin")?,
+                entry: row.try_get("entry")?,
                 expires_at: from_millis(row.try_get("expires_at")?),
             })
         })

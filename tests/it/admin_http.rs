@@ -121,7 +121,7 @@ async fn key_sign_in_admits_only_admin_keys_and_only_when_switched_on() {
     assert!(set_cookie(&unknown, "gm_admin_session").is_none());
     let audit = std::fs::read_to_string(setup.service.data_dir.join("audit.log")).unwrap();
     assert!(
-        audit.contains("\"admin_sign_in\"") && audit.contains("\"refused\""),
+        audit.contains("\"rpc\":\"admin page sign-in\",\"outcome\":\"unauthenticated\""),
         "{audit}"
     );
     assert!(!audit.contains("gm_not-a-key"), "a key in the audit log");
@@ -272,5 +272,50 @@ async fn admin_actions_are_audited_with_the_admins_identity() {
     assert!(
         audit.contains(&format!("\"caller\":\"{ADMIN}\"")),
         "sign-in: {audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_admin_leaves_the_callers_file() {
+    let setup = Setup::start(&[("ADMIN_KEY_SIGN_IN", "true".into())]).await;
+    let response = sign_in_with_key(&setup, ADMIN_KEY).await;
+    let (session, _) = set_cookie(&response, "gm_admin_session").unwrap();
+    let overview = |cookie: String| {
+        let url = setup.url("/admin");
+        async move {
+            client()
+                .get(url)
+                .header(header::COOKIE, cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(overview(session.clone()).await, StatusCode::OK);
+    std::fs::write(
+        setup.callers_file(),
+        caller_entry(
+            "someone-else",
+            "gm_anotherkey000000000000000000000000000000000",
+            "admin",
+            &[],
+            "",
+        ),
+    )
+    .unwrap();
+    setup.service.signal("-HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while overview(session.clone()).await == StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session outlived its admin"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        overview(session).await,
+        StatusCode::SEE_OTHER,
+        "back to sign-in"
     );
 }

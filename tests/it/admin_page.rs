@@ -53,6 +53,10 @@ impl Setup {
         }
     }
 
+    pub(crate) fn callers_file(&self) -> &std::path::Path {
+        self._callers.path()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.service.http_port)
     }
