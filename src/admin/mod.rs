@@ -77,16 +77,9 @@ const SCRIPT: &str = include_str!("assets/admin.js");
 
 impl AdminPage {
     pub fn new(parts: Parts) -> Arc<Self> {
-        let mut templates = Environment::new();
-        for (name, source) in TEMPLATES {
-            // The templates are part of the binary: a broken one fails every test at once.
-            if let Err(error) = templates.add_template(name, source) {
-                panic!("admin template {name} does not parse: {error}");
-            }
-        }
         Arc::new(Self {
             parts,
-            templates,
+            templates: templates(),
             checks: tokio::sync::Mutex::new(None),
         })
     }
@@ -192,6 +185,17 @@ impl AdminPage {
     }
 }
 
+/// The page templates, compiled into the binary (a broken one fails every test at once).
+fn templates() -> Environment<'static> {
+    let mut templates = Environment::new();
+    for (name, source) in TEMPLATES {
+        if let Err(error) = templates.add_template(name, source) {
+            panic!("admin template {name} does not parse: {error}");
+        }
+    }
+    templates
+}
+
 /// The headers of every admin page: scripts and styles only from this service, no framing, no
 /// sniffing, no referrer, nothing cached (the pages show tokens' state and sign-in links).
 fn page_headers() -> [(header::HeaderName, &'static str); 5] {
@@ -258,5 +262,112 @@ async fn session_of(page: &AdminPage, headers: &HeaderMap) -> Option<Session> {
             tracing::error!(%error, "cannot read an admin session");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::templates;
+
+    /// Renders `template` strictly: a name the context lacks is an error, not an empty string.
+    fn render(template: &str, context: serde_json::Value) -> String {
+        let mut env = templates();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.get_template(template)
+            .and_then(|t| t.render(context))
+            .unwrap_or_else(|e| panic!("{template}: {e:#}"))
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"admin": "ops@contoso.com", "csrf": "t0k3n", "transport": "graph", "version": "1"})
+    }
+
+    fn with(mut context: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+        for (key, value) in extra.as_object().unwrap() {
+            context[key] = value.clone();
+        }
+        context
+    }
+
+    #[test]
+    fn the_overview_renders_every_part_and_escapes_what_microsoft_sent() {
+        let mailbox = json!({
+            "mailbox": "noreply@contoso.com", "state": "REAUTHORIZATION_REQUIRED", "healthy": false,
+            "account": "noreply@contoso.com", "sending_address": "noreply@contoso.com",
+            "granted": "Mail.Send", "missing": ["Mail.ReadWrite"], "token_expires": null,
+            "last_refreshed": "2026-12-04 10:00 UTC (2 h ago)", "last_sent": null,
+            "last_error": "<script>AADSTS70008</script>", "action": "Connect again",
+            "sent": 3, "failed": 1, "queued": 2, "oldest_queued": "x", "sent_last_minute": 1,
+            "recipients_last_24h": 4, "paused_until": "y", "pause_reason": "z"
+        });
+        let html = render(
+            "overview.html",
+            with(
+                base(),
+                json!({
+                    "secret": {"expires": "2026-12-14", "days_left": 10, "expired": false, "rotate": true},
+                    "warnings": ["the client secret expires soon"],
+                    "checks_ran": "now",
+                    "checks": [{"name": "redirect URI", "outcome": "FAIL", "detail": "d", "fix": "register it"}],
+                    "mailboxes": [mailbox], "graph": true, "configured_scopes": "Mail.Send Mail.ReadWrite",
+                    "per_minute": 30, "recipients_per_day": 10000, "session_ends": "in 8 h",
+                }),
+            ),
+        );
+        assert!(html.contains("10 days left") && html.contains("rotate-secret"));
+        assert!(html.contains("Fix: register it"));
+        assert!(html.contains("&lt;script&gt;AADSTS70008"), "escaped");
+        assert!(!html.contains("<script>AADSTS"));
+        let forms = html.matches("method=\"post\"").count();
+        assert_eq!(forms, 5);
+        assert_eq!(
+            html.matches("name=\"csrf\" value=\"t0k3n\"").count(),
+            forms,
+            "every form"
+        );
+        assert!(html.contains("disconnect?mailbox=noreply%40contoso.com"));
+    }
+
+    #[test]
+    fn the_other_pages_render() {
+        let message = json!({"id": "m1", "mailbox": "a@b.c", "state": "QUEUED", "queued": true,
+            "attempts": 0, "recipients": 1, "accepted": "now", "next_attempt": "soon", "sent": null,
+            "last_error": null, "batch": "b1"});
+        let outbox = render(
+            "outbox.html",
+            with(
+                base(),
+                json!({"messages": [message], "mailbox": "", "state": "QUEUED", "batch": "b1",
+                       "states": ["QUEUED", "SENT"], "next_page": "page=x"}),
+            ),
+        );
+        assert!(outbox.contains("1 recipient,") || outbox.contains("1 recipient<"));
+        assert!(outbox.contains("value=\"QUEUED\" selected"));
+        render(
+            "connect.html",
+            with(
+                base(),
+                json!({"mailbox": "a@b.c", "url": "https://login/x?y=1&z=2", "expires": "10:00",
+                       "minutes": 10, "owner": true, "since": 1}),
+            ),
+        );
+        render("disconnect.html", with(base(), json!({"mailbox": "a@b.c"})));
+        render(
+            "notice.html",
+            with(base(), json!({"title": "t", "message": "m", "ok": true})),
+        );
+        let signed_out =
+            json!({"admin": null, "csrf": null, "transport": "sandbox", "version": "1"});
+        let sign_in = render(
+            "sign_in.html",
+            with(
+                signed_out,
+                json!({"problem": null, "microsoft": true, "key": true, "open": false,
+                       "admins_variable": "A", "key_variable": "K"}),
+            ),
+        );
+        assert!(sign_in.contains("Sign in with Microsoft") && !sign_in.contains("Sign out"));
     }
 }

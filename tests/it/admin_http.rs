@@ -319,3 +319,89 @@ async fn a_session_ends_when_its_admin_leaves_the_callers_file() {
         "back to sign-in"
     );
 }
+
+#[tokio::test]
+async fn the_open_sandbox_lets_anyone_in_and_its_test_mail_becomes_an_eml_file() {
+    let service = Service::spawn(&[]);
+    service.wait_ready().await;
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", service.http_port);
+    let page = client().get(url("/admin/sign-in")).send().await.unwrap();
+    assert!(page.text().await.unwrap().contains("runs without callers"));
+    let entered = client()
+        .post(url("/admin/sign-in/open"))
+        .send()
+        .await
+        .unwrap();
+    let (session, _) = set_cookie(&entered, "gm_admin_session").expect("a session");
+    let overview = client()
+        .get(url("/admin"))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(overview.contains("sandbox"));
+    let csrf = overview
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let sent = client()
+        .post(url("/admin/test-mail"))
+        .header(header::COOKIE, &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("mailbox", "noreply@example.com"),
+            ("to", "dev@example.com"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::OK);
+    let files: Vec<_> = std::fs::read_dir(service.data_dir.join("sandbox"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 1, "one .eml file");
+    let bad = client()
+        .post(url("/admin/test-mail"))
+        .header(header::COOKIE, &session)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("mailbox", "noreply@example.com"),
+            ("to", "not an address"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(bad.text().await.unwrap().contains("to"), "names the field");
+}
+
+#[tokio::test]
+async fn an_expired_session_is_no_session() {
+    let app = crate::support::TestApp::sandbox().await;
+    let store = app.store.clone();
+    // Whole milliseconds, as the store keeps times.
+    let now =
+        chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
+    let session = graph_mailer::store::AdminSession {
+        admin: "ops".into(),
+        entry: "{\"by\":\"open\"}".into(),
+        expires_at: now + chrono::Duration::minutes(1),
+    };
+    store
+        .insert_admin_session("h", &session, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admin_session("h", now).await.unwrap(),
+        Some(session.clone())
+    );
+    let later = now + chrono::Duration::minutes(2);
+    assert_eq!(store.admin_session("h", later).await.unwrap(), None);
+    assert_eq!(store.purge_expired(later).await.unwrap(), 1);
+    app.stop().await.unwrap();
+}

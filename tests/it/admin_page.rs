@@ -323,11 +323,117 @@ async fn the_page_is_usable_at_a_phone_width() {
         )
         .await;
     assert_eq!(misplaced, 0, "controls off screen or too small to tap");
+    let unlabelled = browser
+        .run(
+            "return [...document.querySelectorAll('input, select')]
+               .filter(e => e.type !== 'hidden' && e.labels.length === 0
+                            && !e.getAttribute('aria-label')).length;",
+        )
+        .await;
+    assert_eq!(unlabelled, 0, "every field has a label");
     browser.screenshot("admin-phone").await;
     browser.fill("#test-to-1", "alice@example.com").await;
     browser
         .click("#mailbox-1 form.row button[type=submit]")
         .await;
     browser.wait_for_text("Test mail sent").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_lists_filters_and_cancels_queued_messages_and_batches() {
+    let setup = Setup::start(&[]).await;
+    setup.connect_owner_directly().await;
+    let mut operator = setup.operator().await;
+    let later = prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() + 3600,
+        nanos: 0,
+    };
+    let single = operator
+        .queue_mail(proto::QueueMailRequest {
+            message: Some(crate::support::simple_message(OWNER)),
+            send_at: Some(later),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let mut template = crate::support::simple_message(OWNER);
+    template.to.clear();
+    let batch = operator
+        .send_bulk(proto::SendBulkRequest {
+            template: Some(template),
+            recipients: ["ann@example.com", "bea@example.com"]
+                .map(|to| proto::BulkRecipient {
+                    to: Some(crate::support::address(to, "")),
+                    variables: Default::default(),
+                })
+                .to_vec(),
+            idempotency_key: "newsletter-1".into(),
+            send_at: Some(later),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+
+    let browser = Browser::start().await;
+    setup.sign_in(&browser, ADMIN).await;
+    browser.click("nav a[href='/admin/outbox']").await;
+    browser.wait_for_text(&single).await;
+    let rows = browser.run("return document.querySelectorAll('table.messages tbody tr').length;");
+    assert_eq!(rows.await, 3);
+    browser.fill("#filter-mailbox", OWNER).await;
+    browser
+        .run("document.getElementById('filter-state').value = 'QUEUED'; return true;")
+        .await;
+    browser.click("form[aria-label=Filter] button").await;
+    browser.wait_for_text("Cancel").await;
+    assert!(
+        browser
+            .client
+            .current_url()
+            .await
+            .unwrap()
+            .query()
+            .unwrap()
+            .contains("state=QUEUED")
+    );
+    browser.screenshot("admin-outbox").await;
+
+    // Cancel the single message from its row.
+    browser
+        .click(&format!("input[value='{single}'] + button"))
+        .await;
+    browser.find("td .badge.cancelled").await;
+    let state = |id: String| {
+        let mut operator = operator.clone();
+        async move {
+            operator
+                .get_message(proto::GetMessageRequest { message_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .state
+        }
+    };
+    assert_eq!(
+        state(single.clone()).await,
+        proto::MessageState::Cancelled as i32
+    );
+
+    // Then the batch, from its filtered list.
+    browser
+        .goto(&setup.url(&format!("/admin/outbox?batch={batch}")))
+        .await;
+    browser.click("button.danger").await;
+    browser.find("td .badge.cancelled").await;
+    let status = operator
+        .get_batch(proto::GetBatchRequest { batch_id: batch })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((status.cancelled, status.queued), (2, 0));
+    browser.screenshot("admin-outbox-cancelled").await;
     browser.close().await;
 }

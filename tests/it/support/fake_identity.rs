@@ -572,6 +572,18 @@ async fn authorize(
     if let Some(refused) = foreign_resource(&inner.settings.graph_resource, &scope) {
         return refused;
     }
+    // "prompt: Optional. Indicates the type of user interaction that is required. Valid values
+    // are login, none, consent, and select_account" (and create, for sign-up).
+    let prompt = get("prompt");
+    if !["", "login", "none", "consent", "select_account", "create"].contains(&prompt.as_str()) {
+        return error(
+            400,
+            "invalid_request",
+            90023,
+            &format!("Invalid prompt value '{prompt}'."),
+            None,
+        );
+    }
     let redirect = Url::parse(&get("redirect_uri")).unwrap();
     let mut target = redirect.clone();
     if inner.settings.decline_consent {
