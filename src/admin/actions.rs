@@ -41,6 +41,17 @@ async fn authorized(
     }
 }
 
+/// The session and the mailbox a form names, or the page that refuses the request.
+async fn authorized_for_mailbox(
+    page: &AdminPage,
+    headers: &HeaderMap,
+    form: &Fields,
+) -> Result<(Session, Mailbox), Box<Response>> {
+    let session = authorized(page, headers, form).await?;
+    let mailbox = page.mailbox_field(&session, form)?;
+    Ok((session, mailbox))
+}
+
 impl AdminPage {
     /// The mailbox a form names, or a page naming the field.
     fn mailbox_field(&self, session: &Session, form: &Fields) -> Result<Mailbox, Box<Response>> {
@@ -62,12 +73,8 @@ pub(super) async fn connect(
     headers: HeaderMap,
     Form(form): Form<Fields>,
 ) -> Response {
-    let session = match authorized(&page, &headers, &form).await {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let mailbox = match page.mailbox_field(&session, &form) {
-        Ok(mailbox) => mailbox,
+    let (session, mailbox) = match authorized_for_mailbox(&page, &headers, &form).await {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let force_consent = form.get("force_consent").is_some_and(|v| v == "on");
@@ -117,12 +124,8 @@ pub(super) async fn disconnect(
     headers: HeaderMap,
     Form(form): Form<Fields>,
 ) -> Response {
-    let session = match authorized(&page, &headers, &form).await {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let mailbox = match page.mailbox_field(&session, &form) {
-        Ok(mailbox) => mailbox,
+    let (session, mailbox) = match authorized_for_mailbox(&page, &headers, &form).await {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let caller = AdminPage::caller(&session);
@@ -143,12 +146,8 @@ pub(super) async fn test_mail(
     headers: HeaderMap,
     Form(form): Form<Fields>,
 ) -> Response {
-    let session = match authorized(&page, &headers, &form).await {
-        Ok(session) => session,
-        Err(refused) => return *refused,
-    };
-    let mailbox = match page.mailbox_field(&session, &form) {
-        Ok(mailbox) => mailbox,
+    let (session, mailbox) = match authorized_for_mailbox(&page, &headers, &form).await {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let to = form.get("to").map(|t| t.trim()).unwrap_or_default();

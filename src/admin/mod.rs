@@ -364,7 +364,7 @@ mod tests {
             "sign_in.html",
             with(
                 signed_out,
-                json!({"problem": null, "microsoft": true, "key": true, "open": false,
+                json!({"problem": null, "microsoft": true, "nobody_listed": false, "key": true, "open": false,
                        "admins_variable": "A", "key_variable": "K"}),
             ),
         );

@@ -50,6 +50,7 @@ impl AdminPage {
         let context = minijinja::context! {
             problem,
             microsoft => self.parts.identity.is_some(),
+            nobody_listed => self.parts.settings.admin.admins.is_empty(),
             key => self.parts.settings.admin.key_sign_in && !open,
             open,
             admins_variable => variables::ADMINS,
@@ -183,9 +184,7 @@ impl AdminPage {
         let claims = match verify_origin(identity, &grant) {
             Ok(claims) => claims,
             Err(problem) => {
-                return refuse(&format!(
-                    "The sign-in did not prove an account of this tenant ({problem:?})."
-                ));
+                return refuse(&format!("Not signed in: {problem}."));
             }
         };
         let nonce = claims.nonce.as_deref().map(|n| hash("nonce", n));

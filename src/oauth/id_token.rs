@@ -21,6 +21,25 @@ pub enum OriginProblem {
     Issuer { found: String, expected: String },
 }
 
+impl std::fmt::Display for OriginProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreadable(reason) => write!(f, "{reason}"),
+            Self::Audience => write!(
+                f,
+                "the sign-in was issued to another application (check {})",
+                crate::variables::CLIENT_ID
+            ),
+            Self::Tenant => write!(f, "the account belongs to another Microsoft 365 tenant"),
+            Self::Issuer { found, expected } => write!(
+                f,
+                "the sign-in was issued by {found}, expected {expected} (check {})",
+                crate::variables::AUTHORITY_URL
+            ),
+        }
+    }
+}
+
 /// The grant's id_token claims, once they prove the token was issued to this app (`aud`) by
 /// this tenant's issuer (`iss` = `{authority}/{tid}/v2.0`) for the configured tenant (`tid`).
 pub fn verify_origin(

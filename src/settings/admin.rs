@@ -75,14 +75,6 @@ impl AdminSettings {
         }
         let admins = problems.take(admins)?;
         let key_sign_in = raw.admin_key_sign_in || !graph;
-        let nobody = graph && admins.is_empty() && !raw.admin_key_sign_in;
-        if raw.admin_page && nobody && raw.callers_file.is_some() {
-            problems.warn(format!(
-                "the admin page (/admin) has nobody to admit: list administrators in {} or set {}=true",
-                variables::ADMINS,
-                variables::ADMIN_KEY_SIGN_IN
-            ));
-        }
         Some(Self {
             enabled: raw.admin_page,
             admins,

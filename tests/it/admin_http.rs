@@ -5,10 +5,7 @@ use reqwest::{StatusCode, header, redirect::Policy};
 
 use crate::{
     admin_page::{ADMIN, ADMIN_KEY, OWNER, Setup},
-    support::{
-        Microsoft,
-        binary::{Service, caller_entry},
-    },
+    support::binary::{Service, caller_entry},
 };
 
 fn client() -> reqwest::Client {
@@ -27,6 +24,15 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.starts_with(&format!("{name}=")))
         .map(|v| (v.split(';').next().unwrap().to_owned(), v.to_owned()))
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form with a CSRF token")
+        .to_owned()
 }
 
 async fn sign_in_with_key(setup: &Setup, key: &str) -> reqwest::Response {
@@ -78,28 +84,12 @@ async fn pages_carry_the_security_headers_and_sessions_a_strict_cookie() {
 
 #[tokio::test]
 async fn session_cookies_are_secure_when_the_public_url_is_https() {
-    let ms = Microsoft::start().await;
-    let callers = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        callers.path(),
-        caller_entry("operator", ADMIN_KEY, "admin", &[], ""),
-    )
-    .unwrap();
-    let mut env = ms.env();
-    env.push(("CALLERS_FILE", callers.path().display().to_string()));
-    env.push(("ADMIN_KEY_SIGN_IN", "true".into()));
-    env.push(("PUBLIC_URL", "https://mailer.contoso.com".into()));
-    let service = Service::spawn(&env);
-    service.wait_ready().await;
-    let response = client()
-        .post(format!(
-            "http://127.0.0.1:{}/admin/sign-in/key",
-            service.http_port
-        ))
-        .form(&[("key", ADMIN_KEY)])
-        .send()
-        .await
-        .unwrap();
+    let setup = Setup::start(&[
+        ("ADMIN_KEY_SIGN_IN", "true".into()),
+        ("PUBLIC_URL", "https://mailer.contoso.com".into()),
+    ])
+    .await;
+    let response = sign_in_with_key(&setup, ADMIN_KEY).await;
     let (_, whole) = set_cookie(&response, "gm_admin_session").expect("a session cookie");
     assert!(whole.ends_with("; Secure"), "{whole}");
 }
@@ -129,28 +119,10 @@ async fn key_sign_in_admits_only_admin_keys_and_only_when_switched_on() {
 
 #[tokio::test]
 async fn a_sender_key_does_not_open_the_admin_page() {
-    let ms = Microsoft::start().await;
-    let callers = tempfile::NamedTempFile::new().unwrap();
     let sender_key = "gm_senderkey0000000000000000000000000000000000";
-    std::fs::write(
-        callers.path(),
-        caller_entry("billing", sender_key, "sender", &[OWNER], ""),
-    )
-    .unwrap();
-    let mut env = ms.env();
-    env.push(("CALLERS_FILE", callers.path().display().to_string()));
-    env.push(("ADMIN_KEY_SIGN_IN", "true".into()));
-    let service = Service::spawn(&env);
-    service.wait_ready().await;
-    let response = client()
-        .post(format!(
-            "http://127.0.0.1:{}/admin/sign-in/key",
-            service.http_port
-        ))
-        .form(&[("key", sender_key)])
-        .send()
-        .await
-        .unwrap();
+    let callers = caller_entry("billing", sender_key, "sender", &[OWNER], "");
+    let setup = Setup::with_callers(&callers, &[("ADMIN_KEY_SIGN_IN", "true".into())]).await;
+    let response = sign_in_with_key(&setup, sender_key).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(set_cookie(&response, "gm_admin_session").is_none());
     assert!(response.text().await.unwrap().contains("sender"));
@@ -234,12 +206,7 @@ async fn admin_actions_are_audited_with_the_admins_identity() {
         .text()
         .await
         .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&page);
     let sent = client()
         .post(setup.url("/admin/test-mail"))
         .header(header::COOKIE, &session)
@@ -343,12 +310,7 @@ async fn the_open_sandbox_lets_anyone_in_and_its_test_mail_becomes_an_eml_file()
         .await
         .unwrap();
     assert!(overview.contains("sandbox"));
-    let csrf = overview
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = csrf_of(&overview);
     let sent = client()
         .post(url("/admin/test-mail"))
         .header(header::COOKIE, &session)
@@ -404,4 +366,18 @@ async fn an_expired_session_is_no_session() {
     assert_eq!(store.admin_session("h", later).await.unwrap(), None);
     assert_eq!(store.purge_expired(later).await.unwrap(), 1);
     app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_page_can_be_switched_off() {
+    let service = Service::spawn(&[("ADMIN_PAGE", "false".into())]);
+    service.wait_ready().await;
+    for path in ["/admin", "/admin/sign-in", "/admin/admin.css"] {
+        let response = client()
+            .get(format!("http://127.0.0.1:{}{path}", service.http_port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 }

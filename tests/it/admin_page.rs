@@ -11,7 +11,7 @@ use graph_mailer::proto;
 
 use crate::support::{
     Microsoft,
-    binary::{KeyedClient, Service, caller_entry, keyed},
+    binary::{KeyedClient, Service, caller_entry, connect_as_owner, keyed},
     browser::Browser,
 };
 
@@ -29,13 +29,18 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) async fn start(extra: &[(&str, String)]) -> Self {
+        Self::with_callers(
+            &caller_entry("operator", ADMIN_KEY, "admin", &[], ""),
+            extra,
+        )
+        .await
+    }
+
+    /// The same with this callers file.
+    pub(crate) async fn with_callers(entries: &str, extra: &[(&str, String)]) -> Self {
         let ms = Microsoft::start().await;
         let callers = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            callers.path(),
-            caller_entry("operator", ADMIN_KEY, "admin", &[], ""),
-        )
-        .unwrap();
+        std::fs::write(callers.path(), entries).unwrap();
         let mut env = ms.env();
         env.push(("CALLERS_FILE", callers.path().display().to_string()));
         env.push(("ADMINS", format!("{ADMIN}, {OWNER}")));
@@ -80,19 +85,7 @@ impl Setup {
 
     /// Connects `OWNER` the way an operator's script would: Connect, then the owner's browser.
     pub(crate) async fn connect_owner_directly(&self) {
-        let link = self
-            .operator()
-            .await
-            .connect(proto::ConnectRequest {
-                mailbox: OWNER.into(),
-                force_consent: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .authorization_url;
-        let (status, body) = crate::support::browse(&link).await;
-        assert_eq!(status, 200, "{body}");
+        connect_as_owner(&mut self.operator().await, OWNER).await;
     }
 
     /// Opens the admin page in `browser` and signs in with Microsoft as `account`.

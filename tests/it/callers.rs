@@ -9,8 +9,8 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     MAILBOX, Microsoft,
-    binary::{KeyedClient, Service, caller_entry},
-    browse, simple_message,
+    binary::{KeyedClient, Service, caller_entry, connect_as_owner},
+    simple_message,
 };
 
 const ADMIN_KEY: &str = "gm_test-admin-key-0000000000000000000000000";
@@ -61,19 +61,7 @@ impl Setup {
 
     /// Connects `mailbox` as the admin and plays its owner's browser.
     async fn connect(&self, mailbox: &str) {
-        let link = self
-            .admin()
-            .await
-            .connect(proto::ConnectRequest {
-                mailbox: mailbox.into(),
-                force_consent: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .authorization_url;
-        let (status, page) = browse(&link).await;
-        assert_eq!(status, 200, "{page}");
+        connect_as_owner(&mut self.admin().await, mailbox).await;
     }
 
     fn audit_lines(&self) -> Vec<serde_json::Value> {

@@ -215,6 +215,21 @@ pub fn keyed(channel: Channel, key: &str) -> KeyedClient {
         .max_decoding_message_size(usize::MAX)
 }
 
+/// Connects `mailbox` through `admin` and plays its owner's browser on the sign-in link.
+pub async fn connect_as_owner(admin: &mut KeyedClient, mailbox: &str) {
+    let link = admin
+        .connect(graph_mailer::proto::ConnectRequest {
+            mailbox: mailbox.into(),
+            force_consent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization_url;
+    let (status, page) = super::browse(&link).await;
+    assert_eq!(status, 200, "{page}");
+}
+
 /// A callers-file entry for `name` with `key`.
 pub fn caller_entry(name: &str, key: &str, role: &str, mailboxes: &[&str], extra: &str) -> String {
     let digest = graph_mailer::callers::key::hex(&graph_mailer::callers::key::digest(key));
