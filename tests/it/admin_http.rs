@@ -186,6 +186,28 @@ async fn a_sign_in_finished_in_another_browser_or_twice_is_refused() {
 }
 
 #[tokio::test]
+async fn an_id_token_made_for_another_sign_in_is_refused() {
+    let setup = Setup::start(&[]).await;
+    setup.ms.identity.answer_with_a_foreign_nonce();
+    let (browser, callback) = start_microsoft_sign_in(&setup).await;
+    let refused = client()
+        .get(&callback)
+        .header(header::COOKIE, &browser)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(&refused, "gm_admin_session").is_none());
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("not made for this request")
+    );
+}
+
+#[tokio::test]
 async fn admin_actions_are_audited_with_the_admins_identity() {
     let setup = Setup::start(&[]).await;
     setup.connect_owner_directly().await;

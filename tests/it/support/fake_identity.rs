@@ -243,6 +243,9 @@ struct Settings {
     granted_scopes: Option<String>,
     omit_refresh_token: bool,
     omit_id_token: bool,
+    /// The id_token's nonce is another than the sign-in asked for (a token replayed from
+    /// another sign-in).
+    foreign_nonce: bool,
     access_token_lifetime: i64,
     expires_in_as_string: bool,
     refresh_fault: Option<Fault>,
@@ -377,6 +380,10 @@ impl FakeIdentity {
     }
     pub fn omit_refresh_token(&self) {
         self.with(|i| i.settings.omit_refresh_token = true);
+    }
+    /// Id_tokens carry a nonce other than the one the sign-in request sent.
+    pub fn answer_with_a_foreign_nonce(&self) {
+        self.with(|i| i.settings.foreign_nonce = true);
     }
     pub fn omit_id_token(&self) {
         self.with(|i| i.settings.omit_id_token = true);
@@ -835,7 +842,11 @@ fn issue(inner: &mut Inner, tokens: &TokenRegistry, account: &User, grant: Grant
     if !settings.omit_id_token && requested_scope.split(' ').any(|s| s == "openid") {
         let mut claims = id_token_claims(account, CLIENT_ID, TENANT, &settings.issuer);
         if let Some(nonce) = grant.nonce {
-            claims["nonce"] = json!(nonce);
+            claims["nonce"] = if settings.foreign_nonce {
+                json!(format!("{nonce}-from-another-sign-in"))
+            } else {
+                json!(nonce)
+            };
         }
         body["id_token"] = json!(encode_id_token(&claims));
     }
