@@ -403,3 +403,89 @@ async fn the_admin_page_can_be_switched_off() {
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+/// Two replicas sharing PostgreSQL behind one public URL: a sign-in started on one finishes on
+/// the other, and a session (and its end) holds on both.
+#[tokio::test]
+async fn replicas_share_admin_sign_ins_and_sessions_through_postgres() {
+    let Some(db) = crate::support::postgres::TestDatabase::create().await else {
+        return;
+    };
+    let ms = crate::support::Microsoft::start().await;
+    let callers = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        callers.path(),
+        caller_entry("operator", ADMIN_KEY, "admin", &[], ""),
+    )
+    .unwrap();
+    let public = "http://mailer.test";
+    ms.identity
+        .register_redirect_uri(&format!("{public}/oauth2/callback"));
+    let mut env = ms.env();
+    env.extend([
+        ("CALLERS_FILE", callers.path().display().to_string()),
+        ("ADMINS", ADMIN.to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("ENCRYPTION_KEY", crate::support::TEST_KEY.to_owned()),
+        ("PUBLIC_URL", public.to_owned()),
+    ]);
+    let (a, b) = (Service::spawn(&env), Service::spawn(&env));
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let on =
+        |service: &Service, path: &str| format!("http://127.0.0.1:{}{path}", service.http_port);
+
+    ms.identity.sign_in_as(ADMIN);
+    let start = client()
+        .get(on(&a, "/admin/sign-in/microsoft"))
+        .send()
+        .await
+        .unwrap();
+    let (browser, _) = set_cookie(&start, "gm_admin_sign_in").unwrap();
+    let authorize = start.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let back = client().get(authorize).send().await.unwrap();
+    let callback = back.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let on_b = callback.replace(public, &on(&b, ""));
+    let finished = client()
+        .get(on_b)
+        .header(header::COOKIE, &browser)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(finished.status(), StatusCode::SEE_OTHER);
+    let (session, _) = set_cookie(&finished, "gm_admin_session").expect("signed in on b");
+
+    let page = |service: &Service| {
+        let (url, session) = (on(service, "/admin"), session.clone());
+        async move {
+            client()
+                .get(url)
+                .header(header::COOKIE, session)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let overview = page(&a).await;
+    assert_eq!(overview.status(), StatusCode::OK, "the session holds on a");
+    let csrf = csrf_of(&overview.text().await.unwrap());
+    let signed_out = client()
+        .post(on(&b, "/admin/sign-out"))
+        .header(header::COOKIE, &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        page(&a).await.status(),
+        StatusCode::SEE_OTHER,
+        "signed out on a too"
+    );
+}
