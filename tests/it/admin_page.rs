@@ -148,6 +148,8 @@ async fn the_owner_connects_a_mailbox_and_sees_it_connected_without_a_reload() {
         browser.find("#state").await.text().await.unwrap(),
         "waiting for the sign-in"
     );
+    let copy = browser.find("button[data-copy]").await;
+    assert!(copy.is_displayed().await.unwrap(), "the script offers a copy button");
     browser.screenshot("admin-connect-link").await;
 
     let page = browser.client.window().await.unwrap();
@@ -428,5 +430,49 @@ async fn the_outbox_lists_filters_and_cancels_queued_messages_and_batches() {
         .into_inner();
     assert_eq!((status.cancelled, status.queued), (2, 0));
     browser.screenshot("admin-outbox-cancelled").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_action_works_with_javascript_switched_off() {
+    let setup = Setup::start(&[]).await;
+    let browser = Browser::without_javascript().await;
+    setup.sign_in(&browser, OWNER).await;
+    browser.fill("#connect-mailbox", OWNER).await;
+    browser.click("form.row button[type=submit]").await;
+    browser.wait_for_text("Sign-in link").await;
+    let copy = browser.find("button[data-copy]").await;
+    assert!(
+        !copy.is_displayed().await.unwrap(),
+        "no copy button without a script"
+    );
+    let link = browser
+        .find("#link")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    browser.goto(&link).await;
+    browser.wait_for_text(&format!("Connected {OWNER}")).await;
+    browser.goto(&setup.url("/admin")).await;
+    browser.find("#mailbox-1 .badge.pass").await;
+    browser.fill("#test-to-1", "alice@example.com").await;
+    browser
+        .click("#mailbox-1 form.row button[type=submit]")
+        .await;
+    browser.wait_for_text("Test mail sent").await;
+    assert_eq!(setup.ms.graph.delivered().len(), 1);
+    browser.goto(&setup.url("/admin")).await;
+    browser.click("#mailbox-1 a.danger").await;
+    browser.click("#confirm-disconnect").await;
+    browser
+        .wait_for_text(&format!("Disconnected {OWNER}"))
+        .await;
+    browser.screenshot("admin-without-javascript").await;
+    assert_eq!(
+        setup.mailbox_state(OWNER).await,
+        proto::ConnectionState::NotConnected as i32
+    );
     browser.close().await;
 }

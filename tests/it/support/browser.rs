@@ -27,6 +27,15 @@ pub struct Browser {
 impl Browser {
     /// Starts ChromeDriver and a Chromium session with a desktop-sized window.
     pub async fn start() -> Self {
+        Self::launch(true).await
+    }
+
+    /// The same with JavaScript switched off.
+    pub async fn without_javascript() -> Self {
+        Self::launch(false).await
+    }
+
+    async fn launch(javascript: bool) -> Self {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(program).exists(),
@@ -45,6 +54,10 @@ impl Browser {
         let capabilities = json!({
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
+                "prefs": {
+                    "profile.managed_default_content_settings.javascript":
+                        if javascript { 1 } else { 2 },
+                },
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1280,1000",
                          "--no-first-run", "--no-default-browser-check"],
