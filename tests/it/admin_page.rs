@@ -149,7 +149,10 @@ async fn the_owner_connects_a_mailbox_and_sees_it_connected_without_a_reload() {
         "waiting for the sign-in"
     );
     let copy = browser.find("button[data-copy]").await;
-    assert!(copy.is_displayed().await.unwrap(), "the script offers a copy button");
+    assert!(
+        copy.is_displayed().await.unwrap(),
+        "the script offers a copy button"
+    );
     browser.screenshot("admin-connect-link").await;
 
     let page = browser.client.window().await.unwrap();
