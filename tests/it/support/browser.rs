@@ -4,6 +4,7 @@
 //! `target/browser-screenshots/<name>.png`, for a reader to see what the page showed.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -44,8 +45,13 @@ impl Browser {
             );
         }
         let port = free_port();
+        // A process group of its own, so that dropping the browser (even when a test panics
+        // before `close`) stops Chromium with its driver.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
+            // Outside the foreground group, reading the terminal would stop it (SIGTTIN).
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -166,6 +172,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: ChromeDriver and the Chromium it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
