@@ -5,7 +5,8 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
+
+use crate::callers::key;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "gm_admin_session";
@@ -53,23 +54,19 @@ impl Session {
         let Some(presented) = presented else {
             return false;
         };
-        let (a, b) = (presented.as_bytes(), self.csrf.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        // As callers' keys are compared: digests, in constant time.
+        key::same_digest(&key::digest(presented), &key::digest(&self.csrf))
     }
 }
 
 /// What the store keeps of a browser-held secret.
 pub fn hash(kind: &str, secret: &str) -> String {
-    hex(&Sha256::digest(format!("{kind}|{secret}").as_bytes()))
+    key::hex(&key::digest(&format!("{kind}|{secret}")))
 }
 
 /// The CSRF token of the session with this id.
 pub fn csrf_token(session_id: &str) -> String {
     hash("csrf", session_id)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The value of the cookie `name`, when the request has it.
