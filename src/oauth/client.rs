@@ -185,43 +185,41 @@ impl IdentityClient {
         mailbox: &Mailbox,
         force_consent: bool,
     ) -> Result<AuthorizationRequest, TokenRequestError> {
-        let client = self.oauth_client(&self.secret.current())?;
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = random_token();
-        let state_for_url = state.clone();
-        let mut request = client
-            .authorize_url(move || CsrfToken::new(state_for_url))
-            .add_scopes(self.scopes.request_scopes().into_iter().map(Scope::new))
-            .set_pkce_challenge(challenge)
-            .add_extra_param("response_mode", "query")
-            .add_extra_param("login_hint", mailbox.as_str());
+        let mut extra = vec![("login_hint", mailbox.as_str())];
         if force_consent {
-            request = request.add_extra_param("prompt", "consent");
+            extra.push(("prompt", "consent"));
         }
-        let (url, _) = request.url();
-        Ok(AuthorizationRequest {
-            url,
-            state: SecretString::from(state),
-            pkce_verifier: SecretString::from(verifier.secret().to_owned()),
-        })
+        self.authorization_request(self.scopes.request_scopes(), &extra)
     }
 
     /// A link that signs an administrator in to the admin page: OpenID Connect only (`openid
     /// profile`), with PKCE and a `nonce` the id_token must echo. The account picker shows, so an
     /// administrator signed in as a mailbox can choose their own account.
     pub fn sign_in_url(&self, nonce: &str) -> Result<AuthorizationRequest, TokenRequestError> {
+        let scopes = vec!["openid".to_owned(), "profile".to_owned()];
+        self.authorization_request(scopes, &[("nonce", nonce), ("prompt", "select_account")])
+    }
+
+    /// An authorization request for `scopes`: PKCE S256, a 256-bit state, the answer in the
+    /// query string, and `extra` parameters.
+    fn authorization_request(
+        &self,
+        scopes: Vec<String>,
+        extra: &[(&str, &str)],
+    ) -> Result<AuthorizationRequest, TokenRequestError> {
         let client = self.oauth_client(&self.secret.current())?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = random_token();
         let state_for_url = state.clone();
-        let (url, _) = client
+        let mut request = client
             .authorize_url(move || CsrfToken::new(state_for_url))
-            .add_scopes(["openid", "profile"].map(|s| Scope::new(s.to_owned())))
+            .add_scopes(scopes.into_iter().map(Scope::new))
             .set_pkce_challenge(challenge)
-            .add_extra_param("response_mode", "query")
-            .add_extra_param("nonce", nonce)
-            .add_extra_param("prompt", "select_account")
-            .url();
+            .add_extra_param("response_mode", "query");
+        for (name, value) in extra {
+            request = request.add_extra_param(*name, *value);
+        }
+        let (url, _) = request.url();
         Ok(AuthorizationRequest {
             url,
             state: SecretString::from(state),
