@@ -26,6 +26,31 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
         .map(|v| (v.split(';').next().unwrap().to_owned(), v.to_owned()))
 }
 
+/// `GET url` with the cookie `name=value`.
+async fn get_with(url: impl reqwest::IntoUrl, cookie: impl AsRef<str>) -> reqwest::Response {
+    client()
+        .get(url)
+        .header(header::COOKIE, cookie.as_ref())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST url` of a form with the cookie `name=value`.
+async fn post_with(
+    url: impl reqwest::IntoUrl,
+    cookie: impl AsRef<str>,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(url)
+        .header(header::COOKIE, cookie.as_ref())
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The CSRF token a page's forms carry.
 fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"")
@@ -71,12 +96,7 @@ async fn pages_carry_the_security_headers_and_sessions_a_strict_cookie() {
         "{whole}"
     );
     assert!(!whole.contains("Secure"), "plain http here: {whole}");
-    let overview = client()
-        .get(setup.url("/admin"))
-        .header(header::COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let overview = get_with(setup.url("/admin"), &cookie).await;
     assert_eq!(overview.status(), StatusCode::OK);
     assert_eq!(overview.headers()[header::CACHE_CONTROL], "no-store");
     assert!(overview.text().await.unwrap().contains("key operator"));
@@ -160,24 +180,14 @@ async fn a_sign_in_finished_in_another_browser_or_twice_is_refused() {
     assert!(elsewhere.text().await.unwrap().contains("another browser"));
 
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
-    let here = client()
-        .get(&callback)
-        .header(header::COOKIE, &browser)
-        .send()
-        .await
-        .unwrap();
+    let here = get_with(&callback, &browser).await;
     assert_eq!(
         here.status(),
         StatusCode::SEE_OTHER,
         "the same browser is admitted"
     );
     assert!(set_cookie(&here, "gm_admin_session").is_some());
-    let again = client()
-        .get(&callback)
-        .header(header::COOKIE, &browser)
-        .send()
-        .await
-        .unwrap();
+    let again = get_with(&callback, &browser).await;
     assert!(
         set_cookie(&again, "gm_admin_session").is_none(),
         "a state works once"
@@ -190,12 +200,7 @@ async fn an_id_token_made_for_another_sign_in_is_refused() {
     let setup = Setup::start(&[]).await;
     setup.ms.identity.answer_with_a_foreign_nonce();
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
-    let refused = client()
-        .get(&callback)
-        .header(header::COOKIE, &browser)
-        .send()
-        .await
-        .unwrap();
+    let refused = get_with(&callback, &browser).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert!(set_cookie(&refused, "gm_admin_session").is_none());
     assert!(
@@ -212,42 +217,31 @@ async fn admin_actions_are_audited_with_the_admins_identity() {
     let setup = Setup::start(&[]).await;
     setup.connect_owner_directly().await;
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
-    let signed_in = client()
-        .get(&callback)
-        .header(header::COOKIE, &browser)
-        .send()
-        .await
-        .unwrap();
+    let signed_in = get_with(&callback, &browser).await;
     let (session, _) = set_cookie(&signed_in, "gm_admin_session").unwrap();
-    let page = client()
-        .get(setup.url("/admin"))
-        .header(header::COOKIE, &session)
-        .send()
+    let page = get_with(setup.url("/admin"), &session)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     let csrf = csrf_of(&page);
-    let sent = client()
-        .post(setup.url("/admin/test-mail"))
-        .header(header::COOKIE, &session)
-        .form(&[
+    let sent = post_with(
+        setup.url("/admin/test-mail"),
+        &session,
+        &[
             ("csrf", csrf.as_str()),
             ("mailbox", OWNER),
             ("to", "alice@example.com"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(sent.status(), StatusCode::OK);
-    let gone = client()
-        .post(setup.url("/admin/disconnect"))
-        .header(header::COOKIE, &session)
-        .form(&[("csrf", csrf.as_str()), ("mailbox", OWNER)])
-        .send()
-        .await
-        .unwrap();
+    let gone = post_with(
+        setup.url("/admin/disconnect"),
+        &session,
+        &[("csrf", csrf.as_str()), ("mailbox", OWNER)],
+    )
+    .await;
     assert_eq!(gone.status(), StatusCode::OK);
     let audit = std::fs::read_to_string(setup.service.data_dir.join("audit.log")).unwrap();
     let by_admin = |event: &str| {
@@ -271,15 +265,7 @@ async fn a_session_ends_when_its_admin_leaves_the_callers_file() {
     let (session, _) = set_cookie(&response, "gm_admin_session").unwrap();
     let overview = |cookie: String| {
         let url = setup.url("/admin");
-        async move {
-            client()
-                .get(url)
-                .header(header::COOKIE, cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
+        async move { get_with(url, cookie).await.status() }
     };
     assert_eq!(overview(session.clone()).await, StatusCode::OK);
     std::fs::write(
@@ -322,44 +308,38 @@ async fn the_open_sandbox_lets_anyone_in_and_its_test_mail_becomes_an_eml_file()
         .await
         .unwrap();
     let (session, _) = set_cookie(&entered, "gm_admin_session").expect("a session");
-    let overview = client()
-        .get(url("/admin"))
-        .header(header::COOKIE, &session)
-        .send()
+    let overview = get_with(url("/admin"), &session)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     assert!(overview.contains("sandbox"));
     let csrf = csrf_of(&overview);
-    let sent = client()
-        .post(url("/admin/test-mail"))
-        .header(header::COOKIE, &session)
-        .form(&[
+    let sent = post_with(
+        url("/admin/test-mail"),
+        &session,
+        &[
             ("csrf", csrf.as_str()),
             ("mailbox", "noreply@example.com"),
             ("to", "dev@example.com"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(sent.status(), StatusCode::OK);
     let files: Vec<_> = std::fs::read_dir(service.data_dir.join("sandbox"))
         .unwrap()
         .collect();
     assert_eq!(files.len(), 1, "one .eml file");
-    let bad = client()
-        .post(url("/admin/test-mail"))
-        .header(header::COOKIE, &session)
-        .form(&[
+    let bad = post_with(
+        url("/admin/test-mail"),
+        &session,
+        &[
             ("csrf", csrf.as_str()),
             ("mailbox", "noreply@example.com"),
             ("to", "not an address"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert!(bad.text().await.unwrap().contains("to"), "names the field");
 }
@@ -452,36 +432,23 @@ async fn replicas_share_admin_sign_ins_and_sessions_through_postgres() {
         .unwrap()
         .to_owned();
     let on_b = callback.replace(public, &on(&b, ""));
-    let finished = client()
-        .get(on_b)
-        .header(header::COOKIE, &browser)
-        .send()
-        .await
-        .unwrap();
+    let finished = get_with(on_b, &browser).await;
     assert_eq!(finished.status(), StatusCode::SEE_OTHER);
     let (session, _) = set_cookie(&finished, "gm_admin_session").expect("signed in on b");
 
     let page = |service: &Service| {
         let (url, session) = (on(service, "/admin"), session.clone());
-        async move {
-            client()
-                .get(url)
-                .header(header::COOKIE, session)
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { get_with(url, session).await }
     };
     let overview = page(&a).await;
     assert_eq!(overview.status(), StatusCode::OK, "the session holds on a");
     let csrf = csrf_of(&overview.text().await.unwrap());
-    let signed_out = client()
-        .post(on(&b, "/admin/sign-out"))
-        .header(header::COOKIE, &session)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let signed_out = post_with(
+        on(&b, "/admin/sign-out"),
+        &session,
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
     assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         page(&a).await.status(),

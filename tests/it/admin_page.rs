@@ -41,16 +41,12 @@ impl Setup {
         let ms = Microsoft::start().await;
         let callers = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(callers.path(), entries).unwrap();
-        let mut env = ms.env();
-        env.push(("CALLERS_FILE", callers.path().display().to_string()));
-        env.push(("ADMINS", format!("{ADMIN}, {OWNER}")));
+        let mut env = vec![
+            ("CALLERS_FILE", callers.path().display().to_string()),
+            ("ADMINS", format!("{ADMIN}, {OWNER}")),
+        ];
         env.extend(extra.iter().cloned());
-        let service = Service::spawn(&env);
-        ms.identity.register_redirect_uri(&format!(
-            "http://127.0.0.1:{}/oauth2/callback",
-            service.http_port
-        ));
-        service.wait_ready().await;
+        let service = ms.service(None, &env).await;
         Self {
             ms,
             service,
@@ -70,7 +66,7 @@ impl Setup {
         keyed(self.service.channel().await, ADMIN_KEY)
     }
 
-    pub(crate) async fn mailbox_state(&self, mailbox: &str) -> i32 {
+    pub(crate) async fn mailbox_state(&self, mailbox: &str) -> proto::ConnectionState {
         let status = self
             .operator()
             .await
@@ -80,7 +76,7 @@ impl Setup {
             .await
             .unwrap()
             .into_inner();
-        status.mailboxes[0].state
+        proto::ConnectionState::try_from(status.mailboxes[0].state).unwrap()
     }
 
     /// Connects `OWNER` the way an operator's script would: Connect, then the owner's browser.
@@ -175,7 +171,7 @@ async fn the_owner_connects_a_mailbox_and_sees_it_connected_without_a_reload() {
     browser.screenshot("admin-connected").await;
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::Connected as i32
+        proto::ConnectionState::Connected
     );
     browser.close().await;
 }
@@ -223,7 +219,7 @@ async fn disconnect_asks_for_confirmation_then_forgets_the_mailbox() {
     browser.screenshot("admin-disconnect-confirmation").await;
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::Connected as i32,
+        proto::ConnectionState::Connected,
         "asking changes nothing"
     );
     browser.click("#confirm-disconnect").await;
@@ -233,7 +229,7 @@ async fn disconnect_asks_for_confirmation_then_forgets_the_mailbox() {
     browser.screenshot("admin-disconnected").await;
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::NotConnected as i32
+        proto::ConnectionState::NotConnected
     );
     browser.close().await;
 }
@@ -274,7 +270,7 @@ async fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
     }
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::Connected as i32
+        proto::ConnectionState::Connected
     );
     browser
         .run(
@@ -290,7 +286,7 @@ async fn a_post_without_the_csrf_token_is_refused_and_changes_nothing() {
     browser.screenshot("admin-csrf-refused").await;
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::Connected as i32
+        proto::ConnectionState::Connected
     );
     browser.close().await;
 }
@@ -475,7 +471,7 @@ async fn every_action_works_with_javascript_switched_off() {
     browser.screenshot("admin-without-javascript").await;
     assert_eq!(
         setup.mailbox_state(OWNER).await,
-        proto::ConnectionState::NotConnected as i32
+        proto::ConnectionState::NotConnected
     );
     browser.close().await;
 }

@@ -33,16 +33,12 @@ impl Setup {
         let dir = temp.path().to_path_buf();
         let callers_file = dir.join("callers.toml");
         std::fs::write(&callers_file, callers(extra_callers)).unwrap();
-        let mut all: Vec<(&str, String)> = ms.env();
-        all.push(("CALLERS_FILE", callers_file.display().to_string()));
-        all.push(("SECRET_RELOAD_SECONDS", "1".to_owned()));
+        let mut all = vec![
+            ("CALLERS_FILE", callers_file.display().to_string()),
+            ("SECRET_RELOAD_SECONDS", "1".to_owned()),
+        ];
         all.extend(env.iter().cloned());
-        let service = Service::spawn_in(&dir, &all);
-        ms.identity.register_redirect_uri(&format!(
-            "http://127.0.0.1:{}/oauth2/callback",
-            service.http_port
-        ));
-        service.wait_ready().await;
+        let service = ms.service(Some(&dir), &all).await;
         Self {
             ms,
             service,

@@ -57,6 +57,27 @@ impl Microsoft {
         Self { identity, graph }
     }
 
+    /// The binary pointed at these fakes with `env` on top (in `dir`, or a fresh data
+    /// directory), its redirect URI registered, ready.
+    pub async fn service(
+        &self,
+        dir: Option<&std::path::Path>,
+        env: &[(&str, String)],
+    ) -> binary::Service {
+        let mut all = self.env();
+        all.extend(env.iter().cloned());
+        let service = match dir {
+            Some(dir) => binary::Service::spawn_in(dir, &all),
+            None => binary::Service::spawn(&all),
+        };
+        self.identity.register_redirect_uri(&format!(
+            "http://127.0.0.1:{}/oauth2/callback",
+            service.http_port
+        ));
+        service.wait_ready().await;
+        service
+    }
+
     /// The settings that point a service at these fakes (names without `GRAPH_MAILER_`).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
