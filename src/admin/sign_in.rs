@@ -28,7 +28,7 @@ use super::{
 use crate::{
     audit::{AuditEvent, AuditRecord},
     callers::Credentials,
-    oauth::{CallbackParams, client::random_token, id_token::verify_origin},
+    oauth::{CallbackParams, ErrorClass, client::random_token, id_token::verify_origin},
     store::{AdminSession, AdminSignIn},
     variables,
 };
@@ -178,6 +178,16 @@ impl AdminPage {
                     error = crate::telemetry::redact_addresses(&error.to_string()),
                     "admin sign-in: code redemption failed"
                 );
+                // Microsoft's outage is not the admin's mistake: say so, with a 503.
+                if error.class() == ErrorClass::Transient {
+                    return self.sign_in_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(format!(
+                            "Microsoft could not complete the sign-in right now ({error}). Sign in \
+                             again in a minute."
+                        )),
+                    );
+                }
                 return refuse(&format!("Microsoft did not complete the sign-in: {error}"));
             }
         };

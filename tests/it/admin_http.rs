@@ -213,6 +213,41 @@ async fn an_id_token_made_for_another_sign_in_is_refused() {
 }
 
 #[tokio::test]
+async fn a_declined_sign_in_or_a_microsoft_outage_leaves_no_session_and_says_which() {
+    use crate::support::fake_identity::Fault;
+    let setup = Setup::start(&[]).await;
+    setup
+        .ms
+        .identity
+        .fail_code_redemptions(Some(Fault::Unavailable));
+    let (browser, callback) = start_microsoft_sign_in(&setup).await;
+    let outage = get_with(&callback, &browser).await;
+    assert_eq!(outage.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(set_cookie(&outage, "gm_admin_session").is_none());
+    assert!(
+        outage
+            .text()
+            .await
+            .unwrap()
+            .contains("Sign in again in a minute")
+    );
+
+    setup.ms.identity.fail_code_redemptions(None);
+    setup.ms.identity.decline_consent();
+    let (browser, callback) = start_microsoft_sign_in(&setup).await;
+    let declined = get_with(&callback, &browser).await;
+    assert_eq!(declined.status(), StatusCode::BAD_REQUEST);
+    assert!(set_cookie(&declined, "gm_admin_session").is_none());
+    assert!(
+        declined
+            .text()
+            .await
+            .unwrap()
+            .contains("Microsoft reported")
+    );
+}
+
+#[tokio::test]
 async fn admin_actions_are_audited_with_the_admins_identity() {
     let setup = Setup::start(&[]).await;
     setup.connect_owner_directly().await;

@@ -251,6 +251,8 @@ struct Settings {
     refresh_fault: Option<Fault>,
     refresh_faults_left: Option<usize>,
     refresh_latency: Duration,
+    /// What every authorization-code redemption answers instead of tokens.
+    code_fault: Option<Fault>,
     /// The Graph resource tokens are issued for (the fake Graph's base URL).
     graph_resource: String,
     /// The id_token's `iss`: `{authority}/{tenant}/v2.0`.
@@ -408,6 +410,11 @@ impl FakeIdentity {
             i.settings.refresh_fault = Some(fault);
             i.settings.refresh_faults_left = Some(count);
         });
+    }
+    /// Every code redemption fails with `fault` (None: none do), as the token endpoint does
+    /// during an outage (503 temporarily_unavailable).
+    pub fn fail_code_redemptions(&self, fault: Option<Fault>) {
+        self.with(|i| i.settings.code_fault = fault);
     }
     /// How long the token endpoint takes to answer a refresh.
     pub fn set_refresh_latency(&self, latency: Duration) {
@@ -678,6 +685,9 @@ fn token_inner(
     }
     match grant_type {
         "authorization_code" => {
+            if let Some(fault) = inner.settings.code_fault {
+                return fault.response();
+            }
             let code = get("code");
             let Some(pending) = inner.codes.get_mut(&code) else {
                 return error(
