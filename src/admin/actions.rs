@@ -19,10 +19,12 @@ use crate::{
     postoffice::SendRequest,
 };
 
-type Fields = HashMap<String, String>;
+/// A submitted form's fields.
+pub(super) type Fields = HashMap<String, String>;
 
-/// The session and form of a state-changing request, or the page that refuses it.
-async fn authorized(
+/// The session of a state-changing request whose form carries the session's CSRF token, or
+/// the page that refuses it (403; nothing changes).
+pub(super) async fn authorized(
     page: &AdminPage,
     headers: &HeaderMap,
     form: &Fields,
@@ -35,10 +37,17 @@ async fn authorized(
             "Your session has ended. Sign in again; nothing changed.",
         )));
     };
-    match page.refuse_without_csrf(&session, form) {
-        Some(refused) => Err(Box::new(refused)),
-        None => Ok(session),
+    if session.accepts_csrf(form.get("csrf").map(String::as_str)) {
+        return Ok(session);
     }
+    tracing::warn!("admin form without this session's CSRF token refused");
+    Err(Box::new(page.notice(
+        StatusCode::FORBIDDEN,
+        Some(&session),
+        "Refused",
+        "This form did not come from this admin page (its security token is missing or stale). \
+         Nothing changed. Go back, reload the page and try again.",
+    )))
 }
 
 /// The session and the mailbox a form names, or the page that refuses the request.

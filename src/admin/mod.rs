@@ -36,7 +36,7 @@ use crate::{
     clock::SharedClock,
     oauth::IdentityClient,
     outbox::Outbox,
-    postoffice::PostOffice,
+    postoffice::{Error, PostOffice},
     settings::Settings,
     store::Store,
 };
@@ -149,6 +149,21 @@ impl AdminPage {
     ) -> Response {
         let context = minijinja::context! { title, message, ok => status.is_success() };
         self.render(status, "notice.html", session, context)
+    }
+
+    /// A page for an error of the core, with the status it deserves.
+    pub(super) fn failure(&self, session: &Session, action: &str, error: &Error) -> Response {
+        let status = if error.is_service_fault() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        self.notice(
+            status,
+            Some(session),
+            &format!("{action} did not succeed"),
+            &error.to_string(),
+        )
     }
 
     /// The caller an admin acts as: every right, named after the admin.

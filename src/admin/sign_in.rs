@@ -21,7 +21,7 @@ use chrono::Duration;
 use secrecy::ExposeSecret;
 
 use super::{
-    AdminPage, Session, session,
+    AdminPage, session,
     session::{Entry, SESSION_COOKIE, SIGN_IN_COOKIE, hash, set_cookie},
     session_of, to_sign_in,
 };
@@ -341,14 +341,12 @@ pub(super) async fn open_service(State(page): State<Arc<AdminPage>>) -> Response
 pub(super) async fn sign_out(
     State(page): State<Arc<AdminPage>>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<super::actions::Fields>,
 ) -> Response {
-    let Some(session) = session_of(&page, &headers).await else {
-        return to_sign_in();
+    let session = match super::actions::authorized(&page, &headers, &form).await {
+        Ok(session) => session,
+        Err(refused) => return *refused,
     };
-    if let Some(refused) = page.refuse_without_csrf(&session, &form) {
-        return refused;
-    }
     if let Err(error) = page
         .parts
         .store
@@ -366,25 +364,4 @@ pub(super) async fn sign_out(
         set_cookie(SESSION_COOKIE, "", 0, page.secure_cookies()),
     );
     response
-}
-
-impl AdminPage {
-    /// A 403 page unless the form carries the session's CSRF token.
-    pub(super) fn refuse_without_csrf(
-        &self,
-        session: &Session,
-        form: &HashMap<String, String>,
-    ) -> Option<Response> {
-        if session.accepts_csrf(form.get("csrf").map(String::as_str)) {
-            return None;
-        }
-        tracing::warn!("admin form without this session's CSRF token refused");
-        Some(self.notice(
-            StatusCode::FORBIDDEN,
-            Some(session),
-            "Refused",
-            "This form did not come from this admin page (its security token is missing or \
-             stale). Nothing changed. Go back, reload the page and try again.",
-        ))
-    }
 }

@@ -12,11 +12,10 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{AdminPage, Session, session_of, to_sign_in};
+use super::{AdminPage, session_of, to_sign_in};
 use crate::{
     check::{CheckResult, Outcome},
     domain::Mailbox,
-    postoffice::Error,
     proto,
     store::{ConnectionState, MailboxRecord, MessageRecord},
 };
@@ -226,24 +225,9 @@ impl AdminPage {
         (self.parts.clock.now(), report)
     }
 
-    /// Forgets the last report, so the next overview runs the checks again.
+    /// Keeps `report` as the last one the overview shows.
     pub(super) async fn replace_checks(&self, report: (DateTime<Utc>, crate::check::Report)) {
         *self.checks.lock().await = Some(report);
-    }
-
-    /// A page for an error of the core, with the status it deserves.
-    pub(super) fn failure(&self, session: &Session, action: &str, error: &Error) -> Response {
-        let status = if error.is_service_fault() {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        self.notice(
-            status,
-            Some(session),
-            &format!("{action} did not succeed"),
-            &error.to_string(),
-        )
     }
 }
 
