@@ -51,6 +51,17 @@ async fn post_with(
         .unwrap()
 }
 
+/// A sign-in that was refused with `status`, started no session, and says `says`.
+async fn assert_refused(response: reqwest::Response, status: StatusCode, says: &str) {
+    assert_eq!(response.status(), status);
+    assert!(
+        set_cookie(&response, "gm_admin_session").is_none(),
+        "a session"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains(says), "{page}");
+}
+
 /// The CSRF token a page's forms carry.
 fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"")
@@ -143,9 +154,7 @@ async fn a_sender_key_does_not_open_the_admin_page() {
     let callers = caller_entry("billing", sender_key, "sender", &[OWNER], "");
     let setup = Setup::with_callers(&callers, &[("ADMIN_KEY_SIGN_IN", "true".into())]).await;
     let response = sign_in_with_key(&setup, sender_key).await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert!(set_cookie(&response, "gm_admin_session").is_none());
-    assert!(response.text().await.unwrap().contains("sender"));
+    assert_refused(response, StatusCode::FORBIDDEN, "sender").await;
 }
 
 /// Starts a Microsoft sign-in: the browser cookie, and the callback URL Microsoft sends back.
@@ -175,9 +184,7 @@ async fn a_sign_in_finished_in_another_browser_or_twice_is_refused() {
     let setup = Setup::start(&[]).await;
     let (_, callback) = start_microsoft_sign_in(&setup).await;
     let elsewhere = client().get(&callback).send().await.unwrap();
-    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
-    assert!(set_cookie(&elsewhere, "gm_admin_session").is_none());
-    assert!(elsewhere.text().await.unwrap().contains("another browser"));
+    assert_refused(elsewhere, StatusCode::BAD_REQUEST, "another browser").await;
 
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
     let here = get_with(&callback, &browser).await;
@@ -201,15 +208,12 @@ async fn an_id_token_made_for_another_sign_in_is_refused() {
     setup.ms.identity.answer_with_a_foreign_nonce();
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
     let refused = get_with(&callback, &browser).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    assert!(set_cookie(&refused, "gm_admin_session").is_none());
-    assert!(
-        refused
-            .text()
-            .await
-            .unwrap()
-            .contains("not made for this request")
-    );
+    assert_refused(
+        refused,
+        StatusCode::BAD_REQUEST,
+        "not made for this request",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -222,29 +226,18 @@ async fn a_declined_sign_in_or_a_microsoft_outage_leaves_no_session_and_says_whi
         .fail_code_redemptions(Some(Fault::Unavailable));
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
     let outage = get_with(&callback, &browser).await;
-    assert_eq!(outage.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(set_cookie(&outage, "gm_admin_session").is_none());
-    assert!(
-        outage
-            .text()
-            .await
-            .unwrap()
-            .contains("Sign in again in a minute")
-    );
+    assert_refused(
+        outage,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign in again in a minute",
+    )
+    .await;
 
     setup.ms.identity.fail_code_redemptions(None);
     setup.ms.identity.decline_consent();
     let (browser, callback) = start_microsoft_sign_in(&setup).await;
     let declined = get_with(&callback, &browser).await;
-    assert_eq!(declined.status(), StatusCode::BAD_REQUEST);
-    assert!(set_cookie(&declined, "gm_admin_session").is_none());
-    assert!(
-        declined
-            .text()
-            .await
-            .unwrap()
-            .contains("Microsoft reported")
-    );
+    assert_refused(declined, StatusCode::BAD_REQUEST, "Microsoft reported").await;
 }
 
 #[tokio::test]
